@@ -1,0 +1,60 @@
+"""bulkpipe: bulk item processing with bounded concurrency, retries, progress and durable stores."""
+
+from __future__ import annotations
+
+from .errors import (
+    BulkpipeError,
+    InvalidArgument,
+    ItemSourceError,
+    JobNotCancellable,
+    JobNotFinished,
+    JobNotFound,
+    LeaseLost,
+    NothingToRetry,
+    PermanentError,
+    PipelineClosed,
+    StoreError,
+    UnknownProcessor,
+    UnknownSource,
+    WaitTimeout,
+)
+from .models import ItemOutcome, ItemStatus, Job, JobStatus, JobSummary, ProcessingError
+from .options import JobOptions
+from .pipeline import Pipeline, Source
+from .processors import BatchProcessor, ItemProcessor, ProcessorLike
+from .store import JobStore
+from .worker import Worker
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "BatchProcessor",
+    "BulkpipeError",
+    "InvalidArgument",
+    "ItemOutcome",
+    "ItemProcessor",
+    "ItemSourceError",
+    "ItemStatus",
+    "Job",
+    "JobNotCancellable",
+    "JobNotFinished",
+    "JobNotFound",
+    "JobOptions",
+    "JobStatus",
+    "JobStore",
+    "JobSummary",
+    "LeaseLost",
+    "NothingToRetry",
+    "PermanentError",
+    "Pipeline",
+    "PipelineClosed",
+    "ProcessingError",
+    "ProcessorLike",
+    "Source",
+    "StoreError",
+    "UnknownProcessor",
+    "UnknownSource",
+    "WaitTimeout",
+    "Worker",
+    "__version__",
+]

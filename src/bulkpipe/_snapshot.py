@@ -1,0 +1,107 @@
+"""Building job snapshots from stored counts; shared by every store so they agree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from .models import Job, JobStatus, JobSummary, ProcessingError
+from .options import JobOptions
+from .store import OutcomeRow
+
+#: How many errors a job snapshot lists; ``error_count`` has the total.
+MAX_ERRORS = 100
+
+
+def to_datetime(ts: float | None) -> datetime | None:
+    """Epoch seconds to an aware UTC datetime."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def errors_from_rows(rows: Iterable[OutcomeRow], room: int) -> list[ProcessingError]:
+    """The first ``room`` failed outcomes of ``rows`` as errors."""
+    out: list[ProcessingError] = []
+    for row in rows:
+        if len(out) >= room:
+            break
+        if not row.ok:
+            out.append(
+                ProcessingError(
+                    item_id=row.item_id,
+                    error=row.error or "",
+                    error_type=row.error_type or "Error",
+                    timestamp=datetime.fromtimestamp(row.finished_at, UTC),
+                    retry_count=max(0, row.attempts - 1),
+                )
+            )
+    return out
+
+
+def build_job(
+    *,
+    id: str,
+    type: str,
+    status: JobStatus,
+    options: JobOptions,
+    priority: int,
+    retry_of: str | None,
+    source: str | None,
+    params: dict[str, Any] | None,
+    sealed: bool,
+    total: int,
+    succeeded: int,
+    failed: int,
+    rejected: int,
+    errors: list[ProcessingError],
+    error_count: int,
+    created_at: float,
+    started_at: float | None,
+    updated_at: float | None,
+    completed_at: float | None,
+) -> Job:
+    """A :class:`Job` snapshot; the summary is derived from the counts once terminal."""
+    processed = succeeded + failed
+    progress = (
+        100.0 if total and processed >= total else (processed * 100.0 / total if total else 0.0)
+    )
+    if status is JobStatus.COMPLETED:
+        progress = 100.0
+    result = None
+    if status.is_terminal:
+        start = started_at if started_at is not None else created_at
+        end = completed_at if completed_at is not None else start
+        duration = max(0.0, end - start)
+        result = JobSummary(
+            total=total,
+            succeeded=succeeded,
+            failed=failed,
+            rejected=rejected,
+            success_rate=round(succeeded * 100.0 / processed, 4) if processed else 0.0,
+            duration=duration,
+            items_per_second=processed / duration if duration > 0 else 0.0,
+        )
+    return Job(
+        id=id,
+        type=type,
+        status=status,
+        progress=min(100.0, progress),
+        total_items=total,
+        processed_items=processed,
+        succeeded_items=succeeded,
+        failed_items=failed,
+        rejected_items=rejected,
+        errors=errors,
+        error_count=error_count,
+        result=result,
+        options=options,
+        priority=priority,
+        retry_of=retry_of,
+        source=source,
+        params=params,
+        sealed=sealed,
+        created_at=datetime.fromtimestamp(created_at, UTC),
+        started_at=to_datetime(started_at),
+        updated_at=to_datetime(updated_at),
+        completed_at=to_datetime(completed_at),
+    )

@@ -1,0 +1,115 @@
+"""The bulkpipe exception hierarchy, rooted at :class:`BulkpipeError`.
+
+Each class's docstring is its default message; facts such as the job id are kept on attributes.
+"""
+
+from __future__ import annotations
+
+
+class BulkpipeError(Exception):
+    """A bulkpipe operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class JobNotFound(BulkpipeError, LookupError):
+    """No job with this id exists in the store; check the id, or the store URL."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id!r} not found; check the id, or that you opened the right store"
+        )
+
+
+class JobNotCancellable(BulkpipeError):
+    """The job is already terminal (completed, failed or cancelled) and cannot be cancelled."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id!r} is already {status} and cannot be cancelled")
+
+
+class JobNotFinished(BulkpipeError):
+    """The job is still running; wait for it (or cancel it) before retrying its failed items."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(
+            f"job {job_id!r} is still {status}; wait for it to end (or cancel it) before retrying"
+        )
+
+
+class NothingToRetry(BulkpipeError):
+    """The job has no failed items, so there is nothing to retry."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} has no failed items; there is nothing to retry")
+
+
+class UnknownProcessor(BulkpipeError, LookupError):
+    """No processor is registered (or installed as an entry point) under this name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"unknown processor {name!r}; register it with Pipeline.register() or install it "
+            f"as a 'bulkpipe.processors' entry point (known: {listed})"
+        )
+
+
+class UnknownSource(BulkpipeError, LookupError):
+    """No item source is registered under this name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"unknown item source {name!r}; register it with Pipeline.register_source() "
+            f"(known: {listed})"
+        )
+
+
+class InvalidArgument(BulkpipeError, ValueError):
+    """A call's arguments are wrong (for example both items and a source, or an unknown status)."""
+
+
+class ItemSourceError(BulkpipeError):
+    """The iterable or source that produced a job's items raised; the job was marked failed."""
+
+    def __init__(self, job_id: str, cause: BaseException) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"the items of job {job_id!r} could not be read: {type(cause).__name__}: {cause}; "
+            "the job was marked failed"
+        )
+
+
+class PermanentError(BulkpipeError):
+    """Raised by a processor to fail an item at once, without retries."""
+
+
+class StoreError(BulkpipeError):
+    """The job store failed; the message names the store and what to check."""
+
+
+class LeaseLost(StoreError):
+    """A batch lease expired and another worker claimed it; this worker's results were refused."""
+
+
+class WaitTimeout(BulkpipeError, TimeoutError):
+    """The job did not reach a terminal status within the timeout."""
+
+    def __init__(self, job_id: str, timeout: float, status: str) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        super().__init__(f"job {job_id!r} is still {status} after {timeout:g} s")
+
+
+class PipelineClosed(BulkpipeError, RuntimeError):
+    """The pipeline is not running; use it inside ``async with Pipeline(...)``."""

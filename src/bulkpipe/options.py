@@ -1,0 +1,61 @@
+"""Validated, immutable job options."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class JobOptions(BaseModel):
+    """How a job is run. Immutable; derive a variant with ``options.model_copy(update=...)``.
+
+    Every value is validated when the options are built; a bad one raises
+    :class:`pydantic.ValidationError` naming the field.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_size: int = Field(
+        100, ge=1, le=100_000, description="Items claimed and recorded together."
+    )
+    concurrency: int = Field(5, ge=1, le=10_000, description="Batches in flight per worker.")
+    item_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on items in flight per batch; default: the whole batch.",
+    )
+    max_retries: int = Field(3, ge=0, le=100, description="Retries after the first attempt.")
+    retry_delay: float = Field(1.0, ge=0, description="Base backoff delay in seconds.")
+    retry_delay_max: float = Field(30.0, ge=0, description="Cap on one backoff delay in seconds.")
+    timeout: float = Field(300.0, gt=0, description="Seconds a batch may run once claimed.")
+    item_timeout: float | None = Field(None, gt=0, description="Seconds one attempt may run.")
+    progress_interval: float = Field(
+        2.0, gt=0, le=3600, description="Most seconds the stored progress may lag behind."
+    )
+    max_failure_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Fail the job once this share of its items has failed.",
+    )
+    id_key: str = Field("id", min_length=1, description="The item key that holds its unique id.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.item_concurrency is not None and self.item_concurrency > self.batch_size:
+            raise ValueError(
+                f"item_concurrency ({self.item_concurrency}) cannot exceed batch_size "
+                f"({self.batch_size})"
+            )
+        if self.retry_delay_max < self.retry_delay:
+            raise ValueError(
+                f"retry_delay_max ({self.retry_delay_max}) must be >= retry_delay "
+                f"({self.retry_delay})"
+            )
+        return self
+
+    @property
+    def items_in_flight(self) -> int:
+        """The most items of one job that one worker runs at once."""
+        return self.concurrency * (self.item_concurrency or self.batch_size)

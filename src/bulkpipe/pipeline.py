@@ -1,0 +1,428 @@
+"""The :class:`Pipeline`: submit jobs, watch them, cancel and retry them."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from pydantic import ValidationError
+
+from .errors import (
+    InvalidArgument,
+    ItemSourceError,
+    JobNotCancellable,
+    JobNotFinished,
+    NothingToRetry,
+    PipelineClosed,
+    UnknownProcessor,
+    UnknownSource,
+    WaitTimeout,
+)
+from .gate import PriorityGate
+from .items import chunked, duplicate_errors, encode_items
+from .lifecycle import settle
+from .models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
+from .options import JobOptions
+from .processors import ProcessorRegistry
+from .store import EncodedItem, JobStore
+from .worker import Worker
+
+#: A registered item source: an async generator of items, taking the job's ``params``.
+Source = Callable[[Mapping[str, Any]], AsyncIterable[Mapping[str, Any]]]
+
+_POLL_MIN, _POLL_MAX = 0.005, 0.25
+
+
+class Pipeline:
+    """Runs processors over items in batches, with bounded concurrency, retries and progress.
+
+    Use it as an async context manager: it opens the store, runs ``workers`` in-process
+    workers (0: this pipeline only submits and reads; other processes do the work) and, on exit,
+    stops them gracefully and closes the store. Leaving the block does not wait for jobs; call
+    :meth:`wait` first.
+    """
+
+    def __init__(
+        self,
+        store: JobStore | None = None,
+        *,
+        processors: Mapping[str, object] | None = None,
+        sources: Mapping[str, Source] | None = None,
+        workers: int = 1,
+        max_in_flight: int | None = None,
+        lease_timeout: float = 30.0,
+        poll_interval: float = 0.5,
+        default_options: JobOptions | None = None,
+    ) -> None:
+        if workers < 0:
+            raise InvalidArgument(f"workers must be 0 or more, not {workers}")
+        if store is None:
+            from .stores.memory import MemoryStore
+
+            store = MemoryStore()
+        self.store = store
+        self.default_options = default_options or JobOptions()
+        self._registry = ProcessorRegistry(processors)
+        self._sources: dict[str, Source] = {}
+        for name, source in (sources or {}).items():
+            self.register_source(name, source)
+        gate = PriorityGate(max_in_flight) if max_in_flight is not None else None
+        self.workers = [
+            Worker(
+                store,
+                registry=self._registry,
+                gate=gate,
+                lease_timeout=lease_timeout,
+                poll_interval=poll_interval,
+            )
+            for _ in range(workers)
+        ]
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._changed = anyio.Event()
+        for worker in self.workers:
+            worker.on_job_end = self._job_changed
+
+    def _job_changed(self, _job_id: str = "") -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"Pipeline(store={self.store!r}, workers={len(self.workers)})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise InvalidArgument("this pipeline is already running; enter it only once")
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self.store.open()
+            stack.push_async_callback(self._close_store)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(self._stop_workers)
+            for worker in self.workers:
+                await tg.start(worker.serve)
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        assert stack is not None
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    async def _close_store(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._registry.teardown()
+            await self.store.close()
+
+    def _running(self) -> None:
+        if self._stack is None:
+            raise PipelineClosed()
+
+    # -- registration -----------------------------------------------------------------------
+
+    def register(self, name: str, processor: object) -> None:
+        """Register a processor under ``name`` (an async or sync function of one item, or an
+        object with ``process(item)`` or ``process_batch(items)``)."""
+        self._registry.register(name, processor)
+        for worker in self.workers:
+            worker.wake()
+
+    def register_source(self, name: str, source: Source) -> None:
+        """Register an item source: an async generator function taking the job's params."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a source name must be a non-empty string, not {name!r}")
+        if not callable(source):
+            raise TypeError(f"source {name!r} must be callable, got {type(source).__name__}")
+        self._sources[name] = source
+
+    # -- submitting -------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        processor: str,
+        items: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]] | None = None,
+        *,
+        source: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        options: JobOptions | Mapping[str, Any] | None = None,
+        priority: int = 0,
+    ) -> Job:
+        """Create a job over ``items`` (or a registered ``source`` called with ``params``).
+
+        Items are streamed into the store a batch at a time and may start running before the
+        last one is read. Items that are not valid (not a mapping, no id, a repeated id, not
+        JSON) are refused and listed in the job's errors; the rest runs. Returns the job as
+        stored once every item is in.
+        """
+        self._running()
+        opts = self._options(options)
+        if not isinstance(processor, str) or not processor:
+            raise InvalidArgument(f"processor must be a non-empty name, not {processor!r}")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidArgument(f"priority must be an integer, not {priority!r}")
+        if self.workers and not self._registry.knows(processor):
+            raise UnknownProcessor(processor, sorted(self._registry.names()))
+        if (items is None) == (source is None):
+            raise InvalidArgument("pass either items or source=..., not both and not neither")
+        if params is not None and source is None:
+            raise InvalidArgument("params are for a source; pass source=... with them")
+        stream: Iterable[Any] | AsyncIterable[Any]
+        if source is not None:
+            factory = self._sources.get(source)
+            if factory is None:
+                raise UnknownSource(source, sorted(self._sources))
+            stream = factory(dict(params or {}))
+        else:
+            assert items is not None
+            if isinstance(items, (str, bytes, Mapping)) or not isinstance(
+                items, (Iterable, AsyncIterable)
+            ):
+                raise InvalidArgument(
+                    f"items must be an iterable of mappings, not {type(items).__name__}"
+                )
+            stream = items
+        job = self._new_job(processor, opts, priority, source=source, params=params)
+        await self.store.create_job(job)
+        await self._fill(job.id, stream, opts)
+        return await self.store.get_job(job.id)
+
+    def _options(self, options: JobOptions | Mapping[str, Any] | None) -> JobOptions:
+        if options is None:
+            return self.default_options
+        if isinstance(options, JobOptions):
+            return options
+        try:
+            return self.default_options.model_copy(
+                update=JobOptions.model_validate(
+                    {**self.default_options.model_dump(), **options}
+                ).model_dump()
+            )
+        except ValidationError:
+            raise
+        except TypeError as exc:
+            raise InvalidArgument(f"options must be JobOptions or a mapping: {exc}") from exc
+
+    @staticmethod
+    def _new_job(
+        processor: str,
+        options: JobOptions,
+        priority: int,
+        *,
+        source: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        retry_of: str | None = None,
+    ) -> Job:
+        return Job(
+            id=uuid.uuid4().hex,
+            type=processor,
+            status=JobStatus.PENDING,
+            progress=0.0,
+            total_items=0,
+            processed_items=0,
+            succeeded_items=0,
+            failed_items=0,
+            errors=[],
+            error_count=0,
+            options=options,
+            priority=priority,
+            retry_of=retry_of,
+            source=source,
+            params=dict(params) if params is not None else None,
+            created_at=datetime.now(UTC),
+        )
+
+    async def _fill(
+        self, job_id: str, stream: Iterable[Any] | AsyncIterable[Any], options: JobOptions
+    ) -> None:
+        position = 0
+        try:
+            async for chunk in chunked(stream, options.batch_size):
+                encoded, rejected = encode_items(chunk, options.id_key, position)
+                position += len(chunk)
+                await self._add(job_id, encoded, rejected, options.id_key)
+        except Exception as exc:
+            await self.store.finish_job(
+                job_id,
+                JobStatus.FAILED,
+                ProcessingError(
+                    item_id=None,
+                    error=f"reading the items failed after {position} items: "
+                    f"{type(exc).__name__}: {exc}",
+                    error_type="ItemSourceError",
+                    timestamp=datetime.now(UTC),
+                ),
+            )
+            raise ItemSourceError(job_id, exc) from exc
+        await self._seal(job_id)
+
+    async def _add(
+        self,
+        job_id: str,
+        encoded: list[EncodedItem],
+        rejected: list[ProcessingError],
+        id_key: str,
+    ) -> None:
+        if encoded:
+            duplicates = await self.store.add_batch(job_id, encoded)
+            if duplicates:
+                rejected = rejected + duplicate_errors(duplicates, id_key)
+            for worker in self.workers:
+                worker.wake()
+        if rejected:
+            await self.store.add_errors(job_id, rejected, len(rejected))
+        await anyio.lowlevel.checkpoint()  # let workers start on what is in
+
+    async def _seal(self, job_id: str) -> None:
+        progress = await self.store.seal_job(job_id)
+        if await settle(self.store, job_id, progress) is not None:
+            self._job_changed(job_id)
+        for worker in self.workers:
+            worker.wake()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        """The job as stored now; :class:`JobNotFound` for an unknown id."""
+        self._running()
+        return await self.store.get_job(job_id)
+
+    async def list_jobs(
+        self, *, status: JobStatus | str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        """Jobs, newest first, optionally of one status."""
+        self._running()
+        return await self.store.list_jobs(
+            status=_job_status(status) if status is not None else None, limit=limit, offset=offset
+        )
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Wait until the job is terminal and return it; :class:`WaitTimeout` after ``timeout``."""
+        self._running()
+        delay = _POLL_MIN
+        job = await self.store.get_job(job_id)
+        with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+            while not job.status.is_terminal:
+                with anyio.move_on_after(delay):
+                    await self._changed.wait()
+                delay = min(_POLL_MAX, delay * 2)
+                job = await self.store.get_job(job_id)
+            return job
+        raise WaitTimeout(job_id, timeout or 0.0, job.status.value)
+
+    async def watch(self, job_id: str, interval: float | None = None) -> AsyncIterator[Job]:
+        """Yield snapshots of the job: at once, then at least every ``interval`` seconds
+        (default: the job's ``progress_interval``), and always the terminal one, then end."""
+        self._running()
+        job = await self.store.get_job(job_id)
+        every = job.options.progress_interval if interval is None else interval
+        if every <= 0:
+            raise InvalidArgument(f"interval must be positive, not {every}")
+        yield job
+        last = anyio.current_time()
+        while not job.status.is_terminal:
+            due = last + every
+            with anyio.move_on_after(max(0.0, min(due - anyio.current_time(), _POLL_MAX))):
+                await self._changed.wait()
+            job = await self.store.get_job(job_id)
+            now = anyio.current_time()
+            if job.status.is_terminal or now >= due:
+                yield job
+                last = now
+
+    async def outcomes(
+        self, job_id: str, status: ItemStatus | str | None = None, *, page_size: int = 1000
+    ) -> AsyncIterator[ItemOutcome]:
+        """Stream the job's final item outcomes, optionally only ``succeeded`` or ``failed``."""
+        self._running()
+        failed = None if status is None else _item_status(status) is ItemStatus.FAILED
+        await self.store.get_job(job_id)
+        cursor: int | None = None
+        while True:
+            page = await self.store.read_outcomes(
+                job_id, failed=failed, cursor=cursor, limit=page_size
+            )
+            for outcome in page.rows:
+                yield outcome
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    # -- control ----------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a job: no item of it starts after this returns, and in-flight ones are
+        cancelled; outcomes already recorded are kept. :class:`JobNotCancellable` if it has
+        already ended."""
+        self._running()
+        job = await self.store.get_job(job_id)
+        if job.status.is_terminal:
+            raise JobNotCancellable(job_id, job.status.value)
+        for worker in self.workers:
+            await worker.stop_job(job_id)
+        job, changed = await self.store.finish_job(job_id, JobStatus.CANCELLED)
+        self._job_changed(job_id)
+        if not changed:
+            raise JobNotCancellable(job_id, job.status.value)
+        return job
+
+    async def retry_failed(self, job_id: str, *, options: JobOptions | None = None) -> Job:
+        """A new job (``retry_of`` set) over exactly the items of ``job_id`` that failed.
+
+        :class:`NothingToRetry` if none failed; :class:`JobNotFinished` while it still runs.
+        """
+        self._running()
+        job = await self.store.get_job(job_id)
+        if not job.status.is_terminal:
+            raise JobNotFinished(job_id, job.status.value)
+        if job.failed_items == 0:
+            raise NothingToRetry(job_id)
+        opts = options or job.options
+        retry = self._new_job(job.type, opts, job.priority, retry_of=job_id)
+        await self.store.create_job(retry)
+        cursor: int | None = None
+        while True:
+            page = await self.store.read_failed_items(job_id, cursor=cursor, limit=opts.batch_size)
+            if page.rows:
+                await self._add(retry.id, page.rows, [], opts.id_key)
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        await self._seal(retry.id)
+        return await self.store.get_job(retry.id)
+
+
+def _job_status(status: JobStatus | str) -> JobStatus:
+    try:
+        return JobStatus(status)
+    except ValueError:
+        raise InvalidArgument(
+            f"unknown job status {status!r}; use one of {', '.join(s.value for s in JobStatus)}"
+        ) from None
+
+
+def _item_status(status: ItemStatus | str) -> ItemStatus:
+    try:
+        return ItemStatus(status)
+    except ValueError:
+        raise InvalidArgument(
+            f"unknown item status {status!r}; use one of {', '.join(s.value for s in ItemStatus)}"
+        ) from None

@@ -1,0 +1,179 @@
+"""Processor plug-ins: what a processor may be, and how bulkpipe calls it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from .errors import UnknownProcessor
+
+#: The entry-point group where installed processors are found by name.
+ENTRY_POINT_GROUP = "bulkpipe.processors"
+
+Item = Mapping[str, Any]
+
+
+@runtime_checkable
+class ItemProcessor(Protocol):
+    """An object that processes one item at a time."""
+
+    async def process(self, item: Item) -> Any:
+        """Return the item's result, or raise (``PermanentError`` to skip retries)."""
+
+
+@runtime_checkable
+class BatchProcessor(Protocol):
+    """An object that processes a whole batch in one call (for scorers that vectorise)."""
+
+    async def process_batch(self, items: Sequence[Item]) -> Sequence[Any]:
+        """Return one result per item, in order; an exception instance fails that item."""
+
+
+#: Anything :meth:`Pipeline.register` accepts: an async or sync function ``item -> result``, an
+#: :class:`ItemProcessor` or a :class:`BatchProcessor`. A function or method that takes a
+#: keyword argument ``attempt`` is passed the attempt number (1 for the first).
+ProcessorLike = ItemProcessor | BatchProcessor | Callable[..., Any]
+
+
+@attrs.frozen(kw_only=True)
+class Adapted:
+    """A processor reduced to the one call shape the scheduler uses."""
+
+    name: str
+    target: object
+    call: Callable[..., Awaitable[Any]]  # (item) or (items) -> result(s)
+    batched: bool
+    wants_attempt: bool
+
+
+def _accepts_attempt(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get("attempt")
+    return param is not None and param.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ on an instance
+    )
+
+
+def adapt(name: str, processor: object) -> Adapted:
+    """Check a processor once, at registration, and return how to call it."""
+    batch_fn = getattr(processor, "process_batch", None)
+    if callable(batch_fn):
+        return Adapted(
+            name=name,
+            target=processor,
+            call=batch_fn if _is_async(batch_fn) else _threaded(batch_fn),
+            batched=True,
+            wants_attempt=_accepts_attempt(batch_fn),
+        )
+    fn = getattr(processor, "process", None)
+    if not callable(fn):
+        if inspect.isclass(processor) or not callable(processor):
+            raise TypeError(
+                f"processor {name!r} must be an async or sync function of one item, or an "
+                "object with a process(item) or process_batch(items) method; got "
+                f"{type(processor).__name__}"
+            )
+        fn = processor
+    return Adapted(
+        name=name,
+        target=processor,
+        call=fn if _is_async(fn) else _threaded(fn),
+        batched=False,
+        wants_attempt=_accepts_attempt(fn),
+    )
+
+
+def _threaded(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run a sync processor in anyio's worker threads (bounded by its default limiter)."""
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+
+    return call
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+class ProcessorRegistry:
+    """Named processors, found by registration or by entry point; set up once, torn down once."""
+
+    def __init__(self, processors: Mapping[str, object] | None = None) -> None:
+        self._adapted: dict[str, Adapted] = {}
+        self._ready: set[str] = set()
+        self._lock = anyio.Lock()
+        for name, processor in (processors or {}).items():
+            self.register(name, processor)
+
+    def register(self, name: str, processor: object) -> None:
+        """Register ``processor`` under ``name``, replacing an earlier one."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a processor name must be a non-empty string, not {name!r}")
+        self._adapted[name] = adapt(name, processor)
+        self._ready.discard(name)
+
+    def installed(self) -> list[str]:
+        """Names of processors installed as entry points (not loaded)."""
+        return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+    def names(self) -> set[str]:
+        """Every name this registry can serve: registered and installed."""
+        return set(self._adapted) | set(self.installed())
+
+    def names_with(self, installed: set[str]) -> set[str]:
+        """Registered names plus ``installed`` (entry-point names read once by the caller)."""
+        return set(self._adapted) | installed
+
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is registered or installed."""
+        return name in self._adapted or name in self.installed()
+
+    def resolve(self, name: str) -> Adapted:
+        """The processor called ``name``, loading its entry point on first use."""
+        adapted = self._adapted.get(name)
+        if adapted is not None:
+            return adapted
+        for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+            loaded = ep.load()
+            self.register(name, loaded() if inspect.isclass(loaded) else loaded)
+            return self._adapted[name]
+        raise UnknownProcessor(name, sorted(self.names()))
+
+    async def ready(self, name: str) -> Adapted:
+        """Resolve ``name`` and run its ``setup()`` hook once."""
+        adapted = self.resolve(name)
+        if name not in self._ready:
+            async with self._lock:
+                if name not in self._ready:
+                    setup = getattr(adapted.target, "setup", None)
+                    if callable(setup):
+                        await _maybe_await(setup())
+                    self._ready.add(name)
+        return adapted
+
+    async def teardown(self) -> None:
+        """Run the ``teardown()`` hook of every processor that was set up."""
+        for name in sorted(self._ready):
+            teardown = getattr(self._adapted[name].target, "teardown", None)
+            if callable(teardown):
+                await _maybe_await(teardown())
+        self._ready.clear()

@@ -1,0 +1,533 @@
+"""Running one job's batches inside one worker: lanes, batch timeouts, retries and recording.
+
+Items flow through a fixed number of *lanes* (``concurrency`` x ``item_concurrency or
+batch_size``): each lane takes the next unstarted item of any open batch, so an item starts as
+soon as another finishes, and a batch is only the unit of claiming and recording, never a
+barrier. Per item there is no task, lock, stream or store call; those happen per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+from .errors import PermanentError
+from .items import decode_payloads, encode_json
+from .lifecycle import failure_ratio_exceeded, settle
+from .models import JobStatus
+from .processors import Adapted
+from .retry import backoff_delay
+from .store import BatchReport, ClaimedBatch, JobSpec, Lease, OutcomeRow, Progress
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("bulkpipe.runner")
+
+INVALID_RESULT = "InvalidResult"
+BATCH_TIMEOUT = "BatchTimeout"
+
+
+class OpenBatch:
+    """A claimed batch while this worker holds it."""
+
+    __slots__ = (
+        "claims",
+        "closed",
+        "deadline",
+        "flushed",
+        "ids",
+        "items",
+        "lanes",
+        "lease",
+        "left",
+        "next",
+        "rows",
+        "scopes",
+    )
+
+    def __init__(self, claimed: ClaimedBatch, deadline: float) -> None:
+        self.lease: Lease = claimed.lease
+        self.claims = claimed.claims
+        self.ids = [item_id for item_id, _ in claimed.items]
+        self.items: list[Any] = decode_payloads(claimed.items)
+        self.next = 0  # index of the next unstarted item
+        self.left = len(self.items)  # items without an outcome yet
+        self.rows: list[OutcomeRow] = []
+        self.flushed = 0  # rows already recorded
+        self.deadline = deadline
+        self.lanes = 0
+        self.scopes: set[anyio.CancelScope] = set()
+        self.closed = False
+
+    @property
+    def startable(self) -> bool:
+        return not self.closed and self.next < len(self.items)
+
+
+def _fail(
+    item_id: str, exc: BaseException | str, error_type: str, attempts: int, started: float
+) -> OutcomeRow:
+    message = exc if isinstance(exc, str) else (str(exc) or repr(exc))
+    return OutcomeRow(item_id, False, None, message, error_type, attempts, started, time.time())
+
+
+def _encode_result(item_id: str, result: Any, attempts: int, started: float) -> OutcomeRow:
+    if result is None:
+        return OutcomeRow(item_id, True, "null", None, None, attempts, started, time.time())
+    try:
+        payload = encode_json(result)
+    except (TypeError, ValueError) as exc:
+        return _fail(
+            item_id,
+            f"the processor's result is not JSON-serialisable: {exc}; return plain "
+            "dicts, lists, strings, numbers, booleans or None",
+            INVALID_RESULT,
+            attempts,
+            started,
+        )
+    return OutcomeRow(item_id, True, payload, None, None, attempts, started, time.time())
+
+
+class JobRunner:
+    """Runs the batches of one job that this worker claims, until none is left or it is stopped."""
+
+    def __init__(self, worker: Worker, spec: JobSpec, processor: Adapted) -> None:
+        self.worker = worker
+        self.store = worker.store
+        self.spec = spec
+        self.options = spec.options
+        self.processor = processor
+        self.lane_cap = (
+            1 if processor.batched else (self.options.item_concurrency or self.options.batch_size)
+        )
+        self.max_lanes = self.options.concurrency * self.lane_cap
+        self.open: deque[OpenBatch] = deque()
+        self.lanes = 0
+        self.exhausted = False
+        self.closing = False
+        self.ended = False  # the job reached a terminal status
+        self.progress: Progress | None = None
+        self.finished = anyio.Event()
+        self._idle: deque[anyio.Event] = deque()  # lanes waiting for work
+        self._waking = 0  # lanes woken or spawned that have not run yet
+        self._work_tg: TaskGroup | None = None
+        self._need_more = anyio.Event()
+        self._dirty = anyio.Event()
+        self._work_scope = anyio.CancelScope()
+        self._rng = random.Random()
+
+    # -- control ----------------------------------------------------------------------------
+
+    def stop(self, *, ended: bool = False) -> None:
+        """Stop starting items and cancel the ones in flight; finished outcomes are still
+        recorded unless the job has ``ended`` (then the store would refuse them anyway)."""
+        self.ended = self.ended or ended
+        self._work_scope.cancel()
+
+    def leases(self) -> list[Lease]:
+        """Leases this runner holds now (for the heartbeat)."""
+        return [b.lease for b in self.open if not b.closed]
+
+    def lose(self, lost: Sequence[Lease]) -> None:
+        """Forget batches whose lease went to another worker; cancel their items."""
+        tokens = {(lease.batch_no, lease.token) for lease in lost}
+        for batch in self.open:
+            if (batch.lease.batch_no, batch.lease.token) in tokens:
+                self._drop(batch)
+
+    def _drop(self, batch: OpenBatch) -> None:
+        if not batch.closed:
+            log.warning(
+                "job %s: lease on batch %d lost; another worker owns it now",
+                self.spec.id,
+                batch.lease.batch_no,
+            )
+        batch.closed = True
+        for scope in batch.scopes:
+            scope.cancel()
+
+    # -- main -------------------------------------------------------------------------------
+
+    async def run(self, first: ClaimedBatch) -> None:
+        """Run until the job's batches run out (or it is stopped), record, then settle."""
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._record_loop)
+                with self._work_scope:
+                    async with anyio.create_task_group() as work:
+                        self._add(first, work)
+                        work.start_soon(self._feed, work)
+                self.closing = True
+                self._dirty.set()
+            await self._wind_down()
+        finally:
+            self.finished.set()
+
+    async def _wind_down(self) -> None:
+        with anyio.CancelScope(shield=True):
+            unfinished = [b.lease for b in self.open if not b.closed]
+            if unfinished and not self.ended:
+                await self.worker.call_store(self.store.release, unfinished)
+            progress = self.progress
+            if progress is not None and not self.ended and not unfinished:
+                await settle(self.store, self.spec.id, progress)
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    def _add(self, claimed: ClaimedBatch, work: TaskGroup) -> None:
+        batch = OpenBatch(claimed, anyio.current_time() + self.options.timeout)
+        self.open.append(batch)
+        self._work_tg = work
+        if not batch.items:  # every item already has an outcome (a re-claimed batch)
+            self._dirty.set()
+            return
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Get one more lane going (an idle one, else a new one up to the bound).
+
+        Lanes are woken one at a time, each waking the next once it has taken an item, so a
+        batch of instant items is not met by a herd of lanes that find nothing to do.
+        """
+        if self._waking:
+            return
+        if self._idle:
+            self._waking = 1
+            self._idle.popleft().set()
+        elif self.lanes < self.max_lanes and self._work_tg is not None:
+            self._waking = 1
+            self.lanes += 1
+            self._work_tg.start_soon(self._lane)
+
+    def _wake_all(self) -> None:
+        while self._idle:
+            self._waking += 1
+            self._idle.popleft().set()
+
+    async def _idle_wait(self) -> None:
+        event = anyio.Event()
+        self._idle.append(event)
+        try:
+            await event.wait()
+        finally:
+            if event.is_set():
+                self._waking -= 1
+            else:
+                self._idle.remove(event)
+
+    def _startable_batches(self) -> int:
+        return sum(1 for b in self.open if b.startable)
+
+    async def _feed(self, work: TaskGroup) -> None:
+        concurrency = self.options.concurrency
+        while True:
+            if self._startable_batches() >= concurrency:
+                self._need_more = anyio.Event()
+                await self._need_more.wait()
+                continue
+            claimed = await self.worker.claim(self.spec.id)
+            if claimed is not None:
+                self._add(claimed, work)
+                continue
+            # Nothing to claim now: either every item is in (we are done) or more may come.
+            self.progress = await self.worker.call_store(self.store.record, self.spec.id, [])
+            if self.progress.sealed or self.progress.status.is_terminal:
+                break
+            await self.worker.wait_for_work()
+        self.exhausted = True
+        self._wake_all()
+
+    # -- lanes ------------------------------------------------------------------------------
+
+    def _pick(self) -> OpenBatch | None:
+        cap = self.lane_cap
+        for batch in self.open:
+            if batch.startable and batch.lanes < cap:
+                return batch
+        return None
+
+    async def _lane(self) -> None:
+        self._waking -= 1
+        try:
+            while True:
+                batch = self._pick()
+                if batch is None:
+                    if self.exhausted:
+                        return
+                    self._need_more.set()
+                    await self._idle_wait()
+                    continue
+                if self.processor.batched:
+                    await self._run_batch_call(batch)
+                else:
+                    await self._run_segment(batch)
+        finally:
+            self.lanes -= 1
+
+    async def _run_segment(self, batch: OpenBatch) -> None:
+        gate = self.worker.gate
+        priority = self.spec.priority
+        batch.lanes += 1
+        held = False
+        current: int | None = None
+        scope = anyio.CancelScope(deadline=batch.deadline)
+        batch.scopes.add(scope)
+        try:
+            if gate is not None:
+                await gate.acquire(priority)
+                held = True
+            await anyio.lowlevel.checkpoint()  # let others run between segments
+            with scope:
+                items, rows, n = batch.items, batch.rows, len(batch.items)
+                while batch.next < n and not batch.closed:
+                    current = batch.next
+                    batch.next = current + 1
+                    if current + 1 == n:
+                        self._need_more.set()
+                    elif not self._waking:
+                        self._wake_one()
+                    rows.append(await self._run_item(batch.ids[current], items[current]))
+                    current = None
+                    batch.left -= 1
+                    if not batch.left:
+                        self._dirty.set()
+                    if gate is not None and gate.contended(priority):
+                        gate.release()
+                        held = False
+                        await gate.acquire(priority)
+                        held = True
+            if scope.cancelled_caught and not batch.closed:
+                self._time_out(batch, current)
+        finally:
+            batch.scopes.discard(scope)
+            batch.lanes -= 1
+            if held:
+                assert gate is not None
+                gate.release()
+
+    def _time_out(self, batch: OpenBatch, current: int | None) -> None:
+        """Fail what the batch did not finish by its deadline: the running and the unstarted."""
+        now = time.time()
+        message = (
+            f"the batch did not finish within {self.options.timeout:g} s "
+            "(JobOptions.timeout); this item was not completed"
+        )
+        indexes = list(range(batch.next, len(batch.items)))
+        if current is not None:
+            indexes.insert(0, current)
+        batch.next = len(batch.items)
+        for i in indexes:
+            batch.rows.append(
+                OutcomeRow(batch.ids[i], False, None, message, BATCH_TIMEOUT, 1, now, now)
+            )
+        batch.left -= len(indexes)
+        if not batch.left:
+            self._dirty.set()
+
+    async def _run_item(self, item_id: str, item: Any) -> OutcomeRow:
+        options = self.options
+        call = self.processor.call
+        wants_attempt = self.processor.wants_attempt
+        item_timeout = options.item_timeout
+        started = time.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if item_timeout is not None:
+                    with anyio.fail_after(item_timeout):
+                        result = await (
+                            call(item, attempt=attempt) if wants_attempt else call(item)
+                        )
+                elif wants_attempt:
+                    result = await call(item, attempt=attempt)
+                else:
+                    result = await call(item)
+            except PermanentError as exc:
+                return _fail(item_id, exc, type(exc).__name__, attempt, started)
+            except Exception as exc:
+                if attempt > options.max_retries:
+                    return _fail(item_id, exc, type(exc).__name__, attempt, started)
+                await anyio.sleep(
+                    backoff_delay(attempt, options.retry_delay, options.retry_delay_max, self._rng)
+                )
+                continue
+            return _encode_result(item_id, result, attempt, started)
+
+    async def _run_batch_call(self, batch: OpenBatch) -> None:
+        """One ``process_batch`` call per attempt for the batch's items; retry the failed ones."""
+        options = self.options
+        batch.lanes += 1
+        start = batch.next
+        batch.next = len(batch.items)
+        self._need_more.set()
+        pending = list(range(start, len(batch.items)))
+        started = time.time()
+        scope = anyio.CancelScope(deadline=batch.deadline)
+        batch.scopes.add(scope)
+        attempt = 0
+        try:
+            with scope:
+                while pending:
+                    attempt += 1
+                    retry: list[int] = []
+                    final: list[OutcomeRow] = []
+                    error: BaseException | None = None
+                    results: Any = None
+                    try:
+                        args = [batch.items[i] for i in pending]
+                        if options.item_timeout is not None:
+                            with anyio.fail_after(options.item_timeout):
+                                results = await self._call_batch(args, attempt)
+                        else:
+                            results = await self._call_batch(args, attempt)
+                    except Exception as exc:
+                        error = exc
+                    if error is None and (
+                        not isinstance(results, Sequence)
+                        or isinstance(results, (str, bytes))
+                        or len(results) != len(pending)
+                    ):
+                        got = (
+                            len(results)
+                            if isinstance(results, Sequence)
+                            else type(results).__name__
+                        )
+                        message = (
+                            f"process_batch returned {got} results for {len(pending)} items; "
+                            "it must return one result (or exception) per item, in order"
+                        )
+                        final = [
+                            _fail(batch.ids[i], message, INVALID_RESULT, attempt, started)
+                            for i in pending
+                        ]
+                        pending = []
+                    elif error is not None:
+                        if isinstance(error, PermanentError) or attempt > options.max_retries:
+                            final = [
+                                _fail(batch.ids[i], error, type(error).__name__, attempt, started)
+                                for i in pending
+                            ]
+                        else:
+                            retry = pending
+                    else:
+                        for i, result in zip(pending, results, strict=True):
+                            if isinstance(result, BaseException):
+                                if (
+                                    isinstance(result, PermanentError)
+                                    or attempt > options.max_retries
+                                ):
+                                    final.append(
+                                        _fail(
+                                            batch.ids[i],
+                                            result,
+                                            type(result).__name__,
+                                            attempt,
+                                            started,
+                                        )
+                                    )
+                                else:
+                                    retry.append(i)
+                            else:
+                                final.append(_encode_result(batch.ids[i], result, attempt, started))
+                    batch.rows.extend(final)
+                    batch.left -= len(final)
+                    pending = retry
+                    if pending:
+                        await anyio.sleep(
+                            backoff_delay(
+                                attempt, options.retry_delay, options.retry_delay_max, self._rng
+                            )
+                        )
+            if scope.cancelled_caught and not batch.closed and pending:
+                now = time.time()
+                message = (
+                    f"the batch did not finish within {options.timeout:g} s (JobOptions.timeout)"
+                )
+                batch.rows.extend(
+                    OutcomeRow(
+                        batch.ids[i], False, None, message, BATCH_TIMEOUT, attempt, started, now
+                    )
+                    for i in pending
+                )
+                batch.left -= len(pending)
+        finally:
+            batch.scopes.discard(scope)
+            batch.lanes -= 1
+            if not batch.left:
+                self._dirty.set()
+
+    async def _call_batch(self, items: list[Any], attempt: int) -> Any:
+        if self.processor.wants_attempt:
+            return await self.processor.call(items, attempt=attempt)
+        return await self.processor.call(items)
+
+    # -- recording --------------------------------------------------------------------------
+
+    async def _record_loop(self) -> None:
+        tick = self.options.progress_interval / 2
+        while True:
+            with anyio.move_on_after(tick):
+                await self._dirty.wait()
+            self._dirty = anyio.Event()
+            closing = self.closing
+            await self._flush()
+            if closing:
+                return
+
+    async def _flush(self) -> None:
+        reports: list[tuple[OpenBatch, int, bool]] = []
+        for batch in self.open:
+            if batch.closed:
+                continue
+            n = len(batch.rows)
+            done = batch.left == 0
+            if n > batch.flushed or done:
+                reports.append((batch, n, done))
+        if not reports or self.ended:
+            self._forget_finished()
+            return
+        try:
+            progress = await self.worker.call_store(
+                self.store.record,
+                self.spec.id,
+                [
+                    BatchReport(lease=b.lease, outcomes=b.rows[b.flushed : n], done=done)
+                    for b, n, done in reports
+                ],
+            )
+        except Exception:
+            log.exception("job %s: recording outcomes failed; will try again", self.spec.id)
+            return
+        for batch, n, done in reports:
+            batch.flushed = n
+            if done:
+                batch.closed = True  # nothing more to do or report for it
+        lost = set(progress.lost)
+        for batch in self.open:
+            if batch.lease.batch_no in lost:
+                self._drop(batch)
+        self._forget_finished()
+        self.progress = progress
+        if progress.status.is_terminal:
+            self.stop(ended=True)
+            return
+        error = failure_ratio_exceeded(progress, self.options.max_failure_ratio)
+        if error is not None:
+            await self.store.finish_job(self.spec.id, JobStatus.FAILED, error)
+            self.stop(ended=True)
+
+    def _forget_finished(self) -> None:
+        while self.open and self.open[0].closed and not self.open[0].lanes:
+            self.open.popleft()
+        if any(b.closed and not b.lanes for b in self.open):
+            self.open = deque(b for b in self.open if not (b.closed and not b.lanes))

@@ -1,0 +1,198 @@
+"""The :class:`JobStore` protocol and the records that cross it.
+
+A store persists jobs, items and outcomes and hands out work; it decides nothing about a job.
+The protocol is built for the durable, multi-worker case: work is claimed a batch at a time under
+a lease, every write of results carries the lease's fencing token, and a store refuses results
+whose token is no longer current. :class:`bulkpipe.stores.MemoryStore` is the executable
+specification; ``bulkpipe.testing`` holds the contract suite every store must pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
+
+import attrs
+
+from .models import ItemOutcome, Job, JobStatus, ProcessingError
+from .options import JobOptions
+
+T = TypeVar("T")
+
+#: An item as stored: its id and its JSON-encoded payload.
+EncodedItem = tuple[str, str]
+
+
+class OutcomeRow(NamedTuple):
+    """The final outcome of one item as the scheduler records it (one per item, lean on purpose)."""
+
+    item_id: str
+    ok: bool
+    result: str | None  # JSON text of the result, when ok
+    error: str | None
+    error_type: str | None
+    attempts: int
+    started_at: float  # seconds since the epoch
+    finished_at: float
+
+
+@attrs.frozen(kw_only=True)
+class JobSpec:
+    """What a worker needs to run a job's batches."""
+
+    id: str
+    type: str
+    options: JobOptions
+    priority: int
+
+
+@attrs.frozen(kw_only=True)
+class Lease:
+    """A worker's hold on one batch; ``token`` fences off earlier holders."""
+
+    job_id: str
+    batch_no: int
+    token: int
+
+
+@attrs.frozen(kw_only=True)
+class ClaimedBatch:
+    """A batch handed to one worker, with the items that still lack a final outcome."""
+
+    job: JobSpec
+    lease: Lease
+    items: list[EncodedItem]
+    claims: int  # how many times the batch has been claimed, 1 the first time
+
+
+@attrs.frozen(kw_only=True)
+class BatchReport:
+    """Outcomes of one leased batch; ``done`` releases the batch as finished."""
+
+    lease: Lease
+    outcomes: Sequence[OutcomeRow]
+    done: bool
+
+
+@attrs.frozen(kw_only=True)
+class Progress:
+    """A job's counts after a write, for the scheduler to decide what happens next."""
+
+    status: JobStatus
+    sealed: bool
+    total: int
+    succeeded: int
+    failed: int
+    open_batches: int  # batches that are not done: pending or leased
+    lost: tuple[int, ...] = ()  # batch numbers of reports refused because the lease was lost
+
+
+@attrs.frozen(kw_only=True)
+class RenewResult:
+    """What a heartbeat learned: leases it no longer holds, and jobs that have ended."""
+
+    lost: tuple[Lease, ...]
+    ended_jobs: frozenset[str]
+
+
+@attrs.frozen(kw_only=True)
+class Page(Generic[T]):
+    """One page of a cursor-paginated read; ``cursor`` is None on the last page."""
+
+    rows: list[T]
+    cursor: int | None
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Persistence and claiming of jobs, items and outcomes.
+
+    All methods are coroutines and must work on asyncio and trio. A store wraps its driver's
+    errors in :class:`bulkpipe.StoreError` and raises :class:`bulkpipe.JobNotFound` for an
+    unknown job id.
+    """
+
+    async def open(self) -> None:
+        """Connect and create or check the schema. Idempotent."""
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    # -- submission -------------------------------------------------------------------------
+
+    async def create_job(self, job: Job) -> None:
+        """Persist a new job (status pending, not sealed, no items)."""
+
+    async def add_batch(self, job_id: str, items: Sequence[EncodedItem]) -> list[str]:
+        """Append one batch of items; return the ids refused because the job already has them."""
+
+    async def add_errors(
+        self, job_id: str, errors: Sequence[ProcessingError], rejected: int
+    ) -> None:
+        """Record job-level errors; ``rejected`` items were refused at submit."""
+
+    async def seal_job(self, job_id: str) -> Progress:
+        """Mark that every item has been submitted."""
+
+    # -- work -------------------------------------------------------------------------------
+
+    async def claim_batch(
+        self,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        job_id: str | None = None,
+        exclude: Collection[str] = (),
+        types: Collection[str] | None = None,
+    ) -> ClaimedBatch | None:
+        """Lease the next batch: of ``job_id`` if given, else of the highest-priority (then
+        oldest) non-terminal job whose type is in ``types`` and whose id is not in ``exclude``.
+
+        A pending batch, or a leased one whose lease has expired, may be claimed; claiming
+        issues a new, larger token. The first claim of a job moves it to processing.
+        """
+
+    async def record(self, job_id: str, reports: Sequence[BatchReport]) -> Progress:
+        """Store outcomes, fenced: a report whose lease token is not current is refused and
+        listed in ``Progress.lost``. An item keeps its first final outcome. Nothing is
+        recorded for a terminal job. Outcomes are durable before they are counted."""
+
+    async def renew_leases(
+        self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
+    ) -> RenewResult:
+        """Extend the leases still held; report the lost ones and the jobs that have ended."""
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """Give batches back (pending again) without finishing them."""
+
+    async def finish_job(
+        self, job_id: str, status: JobStatus, error: ProcessingError | None = None
+    ) -> tuple[Job, bool]:
+        """Move a job to a terminal status unless it already has one; return it and whether
+        this call changed it. This is the one place a job's final state is written."""
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job:
+        """A snapshot of the job."""
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        """Jobs, newest first."""
+
+    async def read_outcomes(
+        self,
+        job_id: str,
+        *,
+        failed: bool | None = None,
+        cursor: int | None = None,
+        limit: int = 1000,
+    ) -> Page[ItemOutcome]:
+        """Final outcomes in recording order, optionally only failed (True) or succeeded
+        (False) ones, from an opaque ``cursor`` on."""
+
+    async def read_failed_items(
+        self, job_id: str, *, cursor: int | None = None, limit: int = 1000
+    ) -> Page[EncodedItem]:
+        """The stored items whose final outcome is failed."""

@@ -1,0 +1,424 @@
+"""An in-process job store: the executable specification of the :class:`JobStore` protocol."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import time
+from collections import deque
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+
+import attrs
+
+from .._snapshot import MAX_ERRORS, build_job, errors_from_rows
+from ..errors import JobNotFound, StoreError
+from ..models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
+from ..options import JobOptions
+from ..store import (
+    BatchReport,
+    ClaimedBatch,
+    EncodedItem,
+    JobSpec,
+    Lease,
+    OutcomeRow,
+    Page,
+    Progress,
+    RenewResult,
+)
+
+_PENDING, _LEASED, _DONE = 0, 1, 2
+
+
+@attrs.define(slots=True, eq=False)
+class _Batch:
+    no: int
+    items: list[EncodedItem] | None  # dropped once the batch is done
+    state: int = _PENDING
+    token: int = 0
+    owner: str | None = None
+    expires: float = 0.0
+    claims: int = 0
+    finished: set[str] = attrs.Factory(set)
+
+
+@attrs.define(slots=True, eq=False)
+class _Job:
+    seq: int
+    id: str
+    type: str
+    options: JobOptions
+    priority: int
+    retry_of: str | None
+    source: str | None
+    params: dict[str, object] | None
+    created_at: float
+    status: JobStatus = JobStatus.PENDING
+    sealed: bool = False
+    started_at: float | None = None
+    updated_at: float | None = None
+    completed_at: float | None = None
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    rejected: int = 0
+    errors: list[ProcessingError] = attrs.Factory(list)
+    error_count: int = 0
+    ids: set[str] = attrs.Factory(set)
+    batches: list[_Batch] = attrs.Factory(list)
+    pending: deque[_Batch] = attrs.Factory(deque)
+    leased: dict[int, _Batch] = attrs.Factory(dict)
+    open_batches: int = 0
+    outcomes: list[OutcomeRow] = attrs.Factory(list)
+    failed_pos: list[int] = attrs.Factory(list)
+    failed_items: list[EncodedItem] = attrs.Factory(list)
+
+    def spec(self) -> JobSpec:
+        return JobSpec(id=self.id, type=self.type, options=self.options, priority=self.priority)
+
+    def progress(self, lost: tuple[int, ...] = ()) -> Progress:
+        return Progress(
+            status=self.status,
+            sealed=self.sealed,
+            total=self.total,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            open_batches=self.open_batches,
+            lost=lost,
+        )
+
+    def snapshot(self) -> Job:
+        return build_job(
+            id=self.id,
+            type=self.type,
+            status=self.status,
+            options=self.options,
+            priority=self.priority,
+            retry_of=self.retry_of,
+            source=self.source,
+            params=self.params,
+            sealed=self.sealed,
+            total=self.total,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            rejected=self.rejected,
+            errors=list(self.errors),
+            error_count=self.error_count,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            updated_at=self.updated_at,
+            completed_at=self.completed_at,
+        )
+
+
+def _outcome(row: OutcomeRow) -> ItemOutcome:
+    return ItemOutcome(
+        item_id=row.item_id,
+        status=ItemStatus.SUCCEEDED if row.ok else ItemStatus.FAILED,
+        result=json.loads(row.result) if row.ok and row.result is not None else None,
+        error=row.error,
+        error_type=row.error_type,
+        attempts=row.attempts,
+        started_at=datetime.fromtimestamp(row.started_at, UTC),
+        finished_at=datetime.fromtimestamp(row.finished_at, UTC),
+    )
+
+
+class MemoryStore:
+    """Keeps jobs, items and outcomes in this process's memory.
+
+    Fast and dependency-free, for tests, notebooks and one-shot runs; everything is lost when
+    the process exits. Safe for any number of workers on one event loop (every method runs
+    without yielding, so it is atomic); not shared between processes or threads. To save
+    memory, a succeeded item's payload is dropped once its batch is done (only failed items
+    can be retried).
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, _Job] = {}
+        self._active: dict[str, _Job] = {}
+        self._seq = itertools.count()
+        self._tokens = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(jobs={len(self._jobs)})"
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to release; the data stays until the store is garbage-collected."""
+
+    def _job(self, job_id: str) -> _Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    # -- submission -------------------------------------------------------------------------
+
+    async def create_job(self, job: Job) -> None:
+        if job.id in self._jobs:
+            raise StoreError(f"a job with id {job.id!r} already exists in this store")
+        state = _Job(
+            seq=next(self._seq),
+            id=job.id,
+            type=job.type,
+            options=job.options,
+            priority=job.priority,
+            retry_of=job.retry_of,
+            source=job.source,
+            params=dict(job.params) if job.params is not None else None,
+            created_at=job.created_at.timestamp(),
+        )
+        self._jobs[job.id] = state
+        self._active[job.id] = state
+
+    async def add_batch(self, job_id: str, items: Sequence[EncodedItem]) -> list[str]:
+        job = self._job(job_id)
+        if job.sealed:
+            raise StoreError(f"job {job_id!r} is sealed; no more items can be added")
+        ids = job.ids
+        fresh: list[EncodedItem] = []
+        duplicates: list[str] = []
+        for item in items:
+            if item[0] in ids:
+                duplicates.append(item[0])
+            else:
+                ids.add(item[0])
+                fresh.append(item)
+        if fresh:
+            batch = _Batch(no=len(job.batches), items=fresh)
+            job.batches.append(batch)
+            job.pending.append(batch)
+            job.open_batches += 1
+            job.total += len(fresh)
+        return duplicates
+
+    async def add_errors(
+        self, job_id: str, errors: Sequence[ProcessingError], rejected: int
+    ) -> None:
+        job = self._job(job_id)
+        room = MAX_ERRORS - len(job.errors)
+        job.errors.extend(errors[: max(0, room)])
+        job.error_count += len(errors)
+        job.rejected += rejected
+
+    async def seal_job(self, job_id: str) -> Progress:
+        job = self._job(job_id)
+        job.sealed = True
+        job.ids = set()  # only needed to refuse repeated ids while items arrive
+        return job.progress()
+
+    # -- work -------------------------------------------------------------------------------
+
+    async def claim_batch(
+        self,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        job_id: str | None = None,
+        exclude: Collection[str] = (),
+        types: Collection[str] | None = None,
+    ) -> ClaimedBatch | None:
+        now = time.monotonic()
+        if job_id is not None:
+            job = self._active.get(job_id)
+            candidates = [job] if job is not None else []
+        else:
+            candidates = sorted(
+                (
+                    j
+                    for j in self._active.values()
+                    if j.id not in exclude and (types is None or j.type in types)
+                ),
+                key=lambda j: (-j.priority, j.seq),
+            )
+        for job in candidates:
+            batch = self._claimable(job, now)
+            if batch is None:
+                continue
+            batch.state = _LEASED
+            batch.token = next(self._tokens)
+            batch.owner = worker_id
+            batch.expires = now + lease_seconds
+            batch.claims += 1
+            job.leased[batch.no] = batch
+            if job.status is JobStatus.PENDING:
+                job.status = JobStatus.PROCESSING
+                job.started_at = time.time()
+            assert batch.items is not None
+            finished = batch.finished
+            items = [it for it in batch.items if it[0] not in finished] if finished else batch.items
+            return ClaimedBatch(
+                job=job.spec(),
+                lease=Lease(job_id=job.id, batch_no=batch.no, token=batch.token),
+                items=list(items),
+                claims=batch.claims,
+            )
+        return None
+
+    @staticmethod
+    def _claimable(job: _Job, now: float) -> _Batch | None:
+        if job.pending:
+            return job.pending.popleft()
+        for batch in job.leased.values():
+            if batch.expires <= now:
+                return batch
+        return None
+
+    async def record(self, job_id: str, reports: Sequence[BatchReport]) -> Progress:
+        job = self._job(job_id)
+        if job.status.is_terminal:
+            return job.progress()
+        lost: list[int] = []
+        now = time.time()
+        for report in reports:
+            lease = report.lease
+            batch = job.leased.get(lease.batch_no)
+            if batch is None or batch.token != lease.token:
+                lost.append(lease.batch_no)
+                continue
+            self._store_outcomes(job, batch, report.outcomes)
+            if report.done:
+                assert batch.items is not None
+                missing = len(batch.items) - len(batch.finished)
+                if missing:
+                    raise StoreError(
+                        f"batch {batch.no} of job {job_id!r} was reported done with {missing} "
+                        "items lacking an outcome; this is a scheduler bug"
+                    )
+                batch.state = _DONE
+                batch.items = None
+                batch.finished = set()
+                batch.owner = None
+                del job.leased[batch.no]
+                job.open_batches -= 1
+        job.updated_at = now
+        return job.progress(tuple(lost))
+
+    @staticmethod
+    def _store_outcomes(job: _Job, batch: _Batch, rows: Sequence[OutcomeRow]) -> None:
+        finished = batch.finished
+        outcomes = job.outcomes
+        for row in rows:
+            if row.item_id in finished:
+                continue  # an item keeps its first final outcome
+            finished.add(row.item_id)
+            if row.ok:
+                job.succeeded += 1
+            else:
+                job.failed += 1
+                job.error_count += 1
+                job.failed_pos.append(len(outcomes))
+                assert batch.items is not None
+                job.failed_items.extend(it for it in batch.items if it[0] == row.item_id)
+                if len(job.errors) < MAX_ERRORS:
+                    job.errors.extend(errors_from_rows((row,), 1))
+            outcomes.append(row)
+
+    async def renew_leases(
+        self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
+    ) -> RenewResult:
+        now = time.monotonic()
+        lost: list[Lease] = []
+        ended: set[str] = set()
+        for lease in leases:
+            job = self._jobs.get(lease.job_id)
+            if job is None or job.status.is_terminal:
+                ended.add(lease.job_id)
+                lost.append(lease)
+                continue
+            batch = job.leased.get(lease.batch_no)
+            if batch is None or batch.token != lease.token:
+                lost.append(lease)
+                continue
+            batch.expires = now + lease_seconds
+        return RenewResult(lost=tuple(lost), ended_jobs=frozenset(ended))
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        for lease in leases:
+            job = self._jobs.get(lease.job_id)
+            if job is None:
+                continue
+            batch = job.leased.get(lease.batch_no)
+            if batch is None or batch.token != lease.token:
+                continue
+            del job.leased[batch.no]
+            batch.state = _PENDING
+            batch.owner = None
+            job.pending.appendleft(batch)
+
+    async def finish_job(
+        self, job_id: str, status: JobStatus, error: ProcessingError | None = None
+    ) -> tuple[Job, bool]:
+        if not status.is_terminal:
+            raise ValueError(f"finish_job needs a terminal status, not {status}")
+        job = self._job(job_id)
+        if job.status.is_terminal:
+            return job.snapshot(), False
+        now = time.time()
+        if error is not None:
+            if len(job.errors) < MAX_ERRORS:
+                job.errors.append(error)
+            job.error_count += 1
+        job.status = status
+        job.completed_at = now
+        job.updated_at = now
+        if job.started_at is None:
+            job.started_at = now
+        del self._active[job_id]
+        job.pending.clear()
+        job.leased.clear()
+        job.ids = set()
+        return job.snapshot(), True
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job:
+        return self._job(job_id).snapshot()
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        jobs = sorted(self._jobs.values(), key=lambda j: j.seq, reverse=True)
+        if status is not None:
+            jobs = [j for j in jobs if j.status is status]
+        return [j.snapshot() for j in jobs[offset : offset + limit]]
+
+    async def read_outcomes(
+        self,
+        job_id: str,
+        *,
+        failed: bool | None = None,
+        cursor: int | None = None,
+        limit: int = 1000,
+    ) -> Page[ItemOutcome]:
+        job = self._job(job_id)
+        start = 0 if cursor is None else cursor
+        outcomes = job.outcomes
+        rows: list[ItemOutcome] = []
+        if failed is True:
+            positions = job.failed_pos
+            i = bisect.bisect_left(positions, start)
+            chunk = positions[i : i + limit]
+            rows = [_outcome(outcomes[p]) for p in chunk]
+            more = i + limit < len(positions)
+            return Page(rows=rows, cursor=chunk[-1] + 1 if more and chunk else None)
+        pos = start
+        while pos < len(outcomes) and len(rows) < limit:
+            row = outcomes[pos]
+            pos += 1
+            if failed is None or row.ok:
+                rows.append(_outcome(row))
+        return Page(rows=rows, cursor=pos if pos < len(outcomes) else None)
+
+    async def read_failed_items(
+        self, job_id: str, *, cursor: int | None = None, limit: int = 1000
+    ) -> Page[EncodedItem]:
+        job = self._job(job_id)
+        start = 0 if cursor is None else cursor
+        chunk = job.failed_items[start : start + limit]
+        end = start + len(chunk)
+        return Page(rows=list(chunk), cursor=end if end < len(job.failed_items) else None)

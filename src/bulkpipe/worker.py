@@ -1,0 +1,221 @@
+"""A worker: claims batches from a store and runs them, until stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from .gate import PriorityGate
+from .models import JobStatus, ProcessingError
+from .processors import ProcessorRegistry
+from .runner import JobRunner
+from .store import ClaimedBatch, JobStore
+
+log = logging.getLogger("bulkpipe.worker")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Serves every job in a store whose processor it knows, until cancelled or :meth:`stop`.
+
+    A job's ``concurrency`` and ``batch_size`` bound what *each* worker runs of it, so N workers
+    run up to N times as much of one job. Batches are claimed under a lease of
+    ``lease_timeout`` seconds that a heartbeat renews; a batch whose lease expires (its worker
+    died) is claimed again by another worker.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        processors: Mapping[str, object] | None = None,
+        lease_timeout: float = 30.0,
+        poll_interval: float = 0.5,
+        max_in_flight: int | None = None,
+        worker_id: str | None = None,
+        registry: ProcessorRegistry | None = None,
+        gate: PriorityGate | None = None,
+    ) -> None:
+        if lease_timeout <= 0:
+            raise ValueError(f"lease_timeout must be positive, not {lease_timeout}")
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, not {poll_interval}")
+        self.store = store
+        self.registry = registry if registry is not None else ProcessorRegistry(processors)
+        if registry is not None and processors:
+            for name, processor in processors.items():
+                registry.register(name, processor)
+        self.lease_timeout = lease_timeout
+        self.poll_interval = poll_interval
+        self.worker_id = worker_id or _default_worker_id()
+        self.gate = (
+            gate
+            if gate is not None
+            else (PriorityGate(max_in_flight) if max_in_flight is not None else None)
+        )
+        self.runners: dict[str, JobRunner] = {}
+        self._running_jobs: set[str] = set()  # jobs with a runner, or about to have one
+        self._stopped_jobs: set[str] = set()
+        self._stopping = False
+        self._wake = anyio.Event()
+        #: Called with a job id whenever a job run here ends (the pipeline wakes its waiters).
+        self.on_job_end: Callable[[str], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Worker(id={self.worker_id!r}, store={self.store!r})"
+
+    # -- public -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Open the store, serve jobs until :meth:`stop` (or cancellation), then close it."""
+        await self.store.open()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.serve)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.registry.teardown()
+                await self.store.close()
+
+    def stop(self) -> None:
+        """Stop gracefully: claim nothing more, record what finished, release the rest."""
+        self._stopping = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Tell the worker there may be new work (a submit in this process)."""
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Claim and run batches on an open store until stopped."""
+        installed = set(self.registry.installed())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat)
+            task_status.started()
+            try:
+                while not self._stopping:
+                    claimed = await self.call_store(
+                        self.store.claim_batch,
+                        worker_id=self.worker_id,
+                        lease_seconds=self.lease_timeout,
+                        exclude=self._running_jobs | self._stopped_jobs,
+                        types=self.registry.names_with(installed),
+                    )
+                    if claimed is None:
+                        await self.wait_for_work()
+                        continue
+                    self._start(claimed, tg)
+            finally:
+                for runner in list(self.runners.values()):
+                    runner.stop()
+                with anyio.CancelScope(shield=True):
+                    for runner in list(self.runners.values()):
+                        with anyio.move_on_after(self.lease_timeout):
+                            await runner.finished.wait()
+                tg.cancel_scope.cancel()
+
+    def _start(self, claimed: ClaimedBatch, tg: TaskGroup) -> None:
+        self._running_jobs.add(claimed.job.id)
+        tg.start_soon(self._run_job, claimed, name=f"bulkpipe job {claimed.job.id}")
+
+    async def _run_job(self, claimed: ClaimedBatch) -> None:
+        spec = claimed.job
+        try:
+            await self._run_claimed(claimed)
+        finally:
+            self._running_jobs.discard(spec.id)
+            self.wake()
+
+    async def _run_claimed(self, claimed: ClaimedBatch) -> None:
+        spec = claimed.job
+        try:
+            processor = await self.registry.ready(spec.type)
+        except Exception as exc:
+            log.exception("job %s: processor %r could not be loaded", spec.id, spec.type)
+            await self.store.release([claimed.lease])
+            await self.store.finish_job(
+                spec.id,
+                JobStatus.FAILED,
+                ProcessingError(
+                    item_id=None,
+                    error=f"processor {spec.type!r} could not be set up: "
+                    f"{type(exc).__name__}: {exc}",
+                    error_type="ProcessorSetupError",
+                    timestamp=datetime.now(UTC),
+                ),
+            )
+            return
+        runner = JobRunner(self, spec, processor)
+        self.runners[spec.id] = runner
+        try:
+            await runner.run(claimed)
+        finally:
+            del self.runners[spec.id]
+            if self.on_job_end is not None:
+                self.on_job_end(spec.id)
+
+    async def claim(self, job_id: str) -> ClaimedBatch | None:
+        """Claim the next batch of one job this worker already runs."""
+        if self._stopping or job_id in self._stopped_jobs:
+            return None
+        return await self.call_store(
+            self.store.claim_batch,
+            worker_id=self.worker_id,
+            lease_seconds=self.lease_timeout,
+            job_id=job_id,
+        )
+
+    async def wait_for_work(self) -> None:
+        """Sleep until woken (new work in this process) or the poll interval passes."""
+        with anyio.move_on_after(self.poll_interval):
+            await self._wake.wait()
+
+    async def stop_job(self, job_id: str) -> None:
+        """Stop running a job here (it is being cancelled): cancel its items, record what
+        finished, and claim nothing more of it."""
+        self._stopped_jobs.add(job_id)
+        runner = self.runners.get(job_id)
+        if runner is not None:
+            runner.stop()
+            await runner.finished.wait()
+
+    async def call_store(
+        self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Call the store (one place to add retries around store calls)."""
+        return await fn(*args, **kwargs)
+
+    async def _heartbeat(self) -> None:
+        interval = min(self.lease_timeout / 3, 1.0)
+        while True:
+            await anyio.sleep(interval)
+            leases = [lease for runner in self.runners.values() for lease in runner.leases()]
+            if not leases:
+                continue
+            try:
+                result = await self.store.renew_leases(self.worker_id, leases, self.lease_timeout)
+            except Exception:
+                log.exception("worker %s: lease renewal failed; will try again", self.worker_id)
+                continue
+            for runner in list(self.runners.values()):
+                if runner.spec.id in result.ended_jobs:
+                    runner.stop(ended=True)
+                elif result.lost:
+                    runner.lose([lease for lease in result.lost if lease.job_id == runner.spec.id])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import tomllib
@@ -10,7 +9,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from importlib import import_module
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -29,14 +27,7 @@ from bulkpipe.demo.processors import (
     project_revenue,
     score_node,
 )
-from bulkpipe.demo.run import (
-    DemoConfig,
-    ProgressBar,
-    job_options,
-    render_progress,
-    run_demo,
-    top_opportunities,
-)
+from bulkpipe.demo.run import DemoConfig, job_options, run_demo, top_opportunities
 from bulkpipe.models import ItemOutcome, ItemStatus, Job
 
 PROCESSOR_CLASSES = [OpportunityScorer, RevenueCalculator, FullAnalysis]
@@ -399,47 +390,6 @@ async def test_top_opportunities_keeps_the_best_in_order() -> None:
 
     top = await top_opportunities(outcomes(), 3)
     assert top == [("node-3", 99.0), ("node-5", 63.2), ("node-6", 42.5)]
-
-
-def test_render_progress_line() -> None:
-    line = render_progress(1500, 3000, 3, 50.0, 0.5, width=10)
-    assert line == "[#####-----] 1500/3000   50.0%  3,000 items/s  3 failed"
-
-
-def test_progress_bar_logs_steps_when_not_a_terminal() -> None:
-    from bulkpipe.models import JobStatus
-
-    stream = io.StringIO()
-    bar = ProgressBar(stream, interactive=False, clock=iter(range(100)).__next__)
-    for done in (0, 100, 150, 300):
-        status = JobStatus.COMPLETED if done == 300 else JobStatus.PROCESSING
-        bar.update(snapshot_stub(done, 300, status))
-    lines = stream.getvalue().splitlines()
-    assert [line.split()[1] for line in lines] == ["0/300", "100/300", "150/300", "300/300"]
-
-
-def test_progress_bar_rewrites_one_line_on_a_terminal() -> None:
-    from bulkpipe.models import JobStatus
-
-    stream = io.StringIO()
-    bar = ProgressBar(stream, interactive=True)
-    bar.update(snapshot_stub(10, 300, JobStatus.PROCESSING))
-    bar.update(snapshot_stub(300, 300, JobStatus.COMPLETED))
-    text = stream.getvalue()
-    assert text.count("\r") == 2
-    assert text.endswith("\n")
-    assert text.count("\n") == 1
-
-
-def snapshot_stub(done: int, total: int, status: Any) -> Any:
-    """The few ``Job`` fields the progress bar reads."""
-    return SimpleNamespace(
-        processed_items=done,
-        total_items=total,
-        failed_items=0,
-        progress=100.0 * done / total,
-        status=status,
-    )
 
 
 # --- CLI usage (no engine needed: these stop at argument parsing) -----------------------------

@@ -46,6 +46,7 @@ def build_job(
     options: JobOptions,
     priority: int,
     retry_of: str | None,
+    owner: str | None,
     source: str | None,
     params: dict[str, Any] | None,
     sealed: bool,
@@ -62,11 +63,14 @@ def build_job(
 ) -> Job:
     """A :class:`Job` snapshot; the summary is derived from the counts once terminal."""
     processed = succeeded + failed
-    progress = (
-        100.0 if total and processed >= total else (processed * 100.0 / total if total else 0.0)
-    )
     if status is JobStatus.COMPLETED:
         progress = 100.0
+    elif not sealed or not total:
+        # The total is not known until every item is in; a share of a growing total could
+        # go backwards, so progress stays 0 until then (the counts still move).
+        progress = 0.0
+    else:
+        progress = min(100.0, processed * 100.0 / total)
     result = None
     if status.is_terminal:
         start = started_at if started_at is not None else created_at
@@ -97,6 +101,7 @@ def build_job(
         options=options,
         priority=priority,
         retry_of=retry_of,
+        owner=owner,
         source=source,
         params=params,
         sealed=sealed,

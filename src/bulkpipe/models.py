@@ -85,6 +85,7 @@ class Job(BaseModel):
     options: JobOptions
     priority: int = 0
     retry_of: str | None = None
+    owner: str | None = Field(None, description="An owner or tenant tag set at submit.")
     source: str | None = None
     params: dict[str, Any] | None = None
     sealed: bool = Field(False, description="True once every item has been submitted.")

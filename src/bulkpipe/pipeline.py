@@ -165,6 +165,7 @@ class Pipeline:
         params: Mapping[str, Any] | None = None,
         options: JobOptions | Mapping[str, Any] | None = None,
         priority: int = 0,
+        owner: str | None = None,
     ) -> Job:
         """Create a job over ``items`` (or a registered ``source`` called with ``params``).
 
@@ -200,7 +201,9 @@ class Pipeline:
                     f"items must be an iterable of mappings, not {type(items).__name__}"
                 )
             stream = items
-        job = self._new_job(processor, opts, priority, source=source, params=params)
+        if owner is not None and not isinstance(owner, str):
+            raise InvalidArgument(f"owner must be a string, not {type(owner).__name__}")
+        job = self._new_job(processor, opts, priority, source=source, params=params, owner=owner)
         await self.store.create_job(job)
         await self._fill(job.id, stream, opts)
         return await self.store.get_job(job.id)
@@ -230,6 +233,7 @@ class Pipeline:
         source: str | None = None,
         params: Mapping[str, Any] | None = None,
         retry_of: str | None = None,
+        owner: str | None = None,
     ) -> Job:
         return Job(
             id=uuid.uuid4().hex,
@@ -245,6 +249,7 @@ class Pipeline:
             options=options,
             priority=priority,
             retry_of=retry_of,
+            owner=owner,
             source=source,
             params=dict(params) if params is not None else None,
             created_at=datetime.now(UTC),
@@ -260,19 +265,32 @@ class Pipeline:
                 position += len(chunk)
                 await self._add(job_id, encoded, rejected, options.id_key)
         except Exception as exc:
-            await self.store.finish_job(
+            await self._abandon(
                 job_id,
-                JobStatus.FAILED,
-                ProcessingError(
-                    item_id=None,
-                    error=f"reading the items failed after {position} items: "
-                    f"{type(exc).__name__}: {exc}",
-                    error_type="ItemSourceError",
-                    timestamp=datetime.now(UTC),
-                ),
+                f"reading the items failed after {position} items: {type(exc).__name__}: {exc}",
+                "ItemSourceError",
             )
             raise ItemSourceError(job_id, exc) from exc
+        except BaseException:
+            # Cancelled mid-submit: the job can never be sealed, so end it rather than leave
+            # it running forever.
+            with anyio.CancelScope(shield=True):
+                await self._abandon(
+                    job_id,
+                    f"the submit call was cancelled after {position} items",
+                    "SubmitCancelled",
+                )
+            raise
         await self._seal(job_id)
+
+    async def _abandon(self, job_id: str, message: str, error_type: str) -> None:
+        error = ProcessingError(
+            item_id=None, error=message, error_type=error_type, timestamp=datetime.now(UTC)
+        )
+        for worker in self.workers:
+            await worker.stop_job(job_id)
+        await self.store.finish_job(job_id, JobStatus.FAILED, error)
+        self._job_changed(job_id)
 
     async def _add(
         self,
@@ -306,12 +324,22 @@ class Pipeline:
         return await self.store.get_job(job_id)
 
     async def list_jobs(
-        self, *, status: JobStatus | str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[Job]:
-        """Jobs, newest first, optionally of one status."""
+        """Jobs, newest first, optionally only of one status and/or one owner."""
         self._running()
+        if limit < 1 or offset < 0:
+            raise InvalidArgument(f"limit must be >= 1 and offset >= 0, not {limit} and {offset}")
         return await self.store.list_jobs(
-            status=_job_status(status) if status is not None else None, limit=limit, offset=offset
+            status=_job_status(status) if status is not None else None,
+            owner=owner,
+            limit=limit,
+            offset=offset,
         )
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
@@ -396,7 +424,7 @@ class Pipeline:
         if job.failed_items == 0:
             raise NothingToRetry(job_id)
         opts = options or job.options
-        retry = self._new_job(job.type, opts, job.priority, retry_of=job_id)
+        retry = self._new_job(job.type, opts, job.priority, retry_of=job_id, owner=job.owner)
         await self.store.create_job(retry)
         cursor: int | None = None
         while True:

@@ -73,6 +73,10 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 def adapt(name: str, processor: object) -> Adapted:
     """Check a processor once, at registration, and return how to call it."""
+    if inspect.isclass(processor):  # its process() would be unbound: every item would fail
+        raise TypeError(
+            f"processor {name!r} is the class {processor.__name__}; register an instance of it"
+        )
     batch_fn = getattr(processor, "process_batch", None)
     if callable(batch_fn):
         return Adapted(

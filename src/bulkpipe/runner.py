@@ -119,6 +119,7 @@ class JobRunner:
         self.finished = anyio.Event()
         self._idle: deque[anyio.Event] = deque()  # lanes waiting for work
         self._waking = 0  # lanes woken or spawned that have not run yet
+        self._gate_waiting = 0  # lanes queued at the gate (max_in_flight)
         self._work_tg: TaskGroup | None = None
         self._need_more = anyio.Event()
         self._dirty = anyio.Event()
@@ -257,10 +258,14 @@ class JobRunner:
 
     async def _lane(self) -> None:
         self._waking -= 1
+        held = False  # a gate place kept from the last segment (more of this job to start)
         try:
             while True:
                 batch = self._pick()
                 if batch is None:
+                    if held:
+                        self._release_gate()
+                        held = False
                     if self.exhausted:
                         return
                     self._need_more.set()
@@ -269,21 +274,47 @@ class JobRunner:
                 if self.processor.batched:
                     await self._run_batch_call(batch)
                 else:
-                    await self._run_segment(batch)
+                    carried, held = held, False  # _run_segment releases it if it raises
+                    held = await self._run_segment(batch, carried)
         finally:
             self.lanes -= 1
+            if held:
+                self._release_gate()
 
-    async def _run_segment(self, batch: OpenBatch) -> None:
+    def _queue_demand(self, capacity: int) -> None:
+        """Queue another lane at the full gate while this job has more items to start than
+        lanes queued there, so that freed places go to it by priority (not to a lower one
+        only because this job's next lane was not woken yet)."""
+        unstarted = sum(len(b.items) - b.next for b in self.open if b.startable)
+        if self._gate_waiting < min(unstarted, capacity):
+            self._wake_one()
+
+    def _release_gate(self) -> None:
+        gate = self.worker.gate
+        assert gate is not None
+        gate.release()
+
+    async def _run_segment(self, batch: OpenBatch, held: bool = False) -> bool:
+        """Run items of ``batch`` on this lane; return whether it still holds a gate place.
+
+        The place is kept while this job has items to start and no waiter of at least its
+        priority is queued: released here, it would go to a lower-priority waiter first.
+        """
         gate = self.worker.gate
         priority = self.spec.priority
         batch.lanes += 1
-        held = False
         current: int | None = None
         scope = anyio.CancelScope(deadline=batch.deadline)
         batch.scopes.add(scope)
         try:
-            if gate is not None:
-                await gate.acquire(priority)
+            if gate is not None and not held:
+                self._gate_waiting += 1
+                try:
+                    if gate.in_use >= gate.capacity:
+                        self._queue_demand(gate.capacity)
+                    await gate.acquire(priority)
+                finally:
+                    self._gate_waiting -= 1
                 held = True
             await anyio.lowlevel.checkpoint()  # let others run between segments
             with scope:
@@ -307,12 +338,25 @@ class JobRunner:
                         held = True
             if scope.cancelled_caught and not batch.closed:
                 self._time_out(batch, current)
+        except BaseException:
+            if held:
+                self._release_gate()
+            raise
         finally:
             batch.scopes.discard(scope)
             batch.lanes -= 1
-            if held:
-                assert gate is not None
-                gate.release()
+        if not held or gate is None:
+            return False
+        if not self.exhausted and self._pick() is None and not gate.contended(priority):
+            try:
+                await anyio.lowlevel.checkpoint()  # let _feed claim the job's next batch
+            except BaseException:
+                self._release_gate()
+                raise
+        if gate.contended(priority) or self._pick() is None:
+            self._release_gate()
+            return False
+        return True
 
     def _time_out(self, batch: OpenBatch, current: int | None) -> None:
         """Fail what the batch did not finish by its deadline: the running and the unstarted."""
@@ -364,13 +408,18 @@ class JobRunner:
             return _encode_result(item_id, result, attempt, started)
 
     async def _run_batch_call(self, batch: OpenBatch) -> None:
-        """One ``process_batch`` call per attempt for the batch's items; retry the failed ones."""
+        """One ``process_batch`` call per attempt for the batch's items (at most
+        ``item_concurrency`` of them, when set, to keep the bound); retry the failed ones."""
         options = self.options
         batch.lanes += 1
         start = batch.next
-        batch.next = len(batch.items)
-        self._need_more.set()
-        pending = list(range(start, len(batch.items)))
+        stop = len(batch.items)
+        if options.item_concurrency is not None:
+            stop = min(stop, start + options.item_concurrency)
+        batch.next = stop
+        if stop == len(batch.items):
+            self._need_more.set()
+        pending = list(range(start, stop))
         started = time.time()
         scope = anyio.CancelScope(deadline=batch.deadline)
         batch.scopes.add(scope)
@@ -448,6 +497,9 @@ class JobRunner:
                                 attempt, options.retry_delay, options.retry_delay_max, self._rng
                             )
                         )
+            if scope.cancelled_caught and not batch.closed:
+                pending += range(batch.next, len(batch.items))  # the chunks not started
+                batch.next = len(batch.items)
             if scope.cancelled_caught and not batch.closed and pending:
                 now = time.time()
                 message = (

@@ -177,9 +177,14 @@ class JobStore(Protocol):
         """A snapshot of the job."""
 
     async def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[Job]:
-        """Jobs, newest first."""
+        """Jobs, newest first, optionally only of one status and/or one owner."""
 
     async def read_outcomes(
         self,

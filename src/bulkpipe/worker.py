@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -72,6 +73,7 @@ class Worker:
         self._stopped_jobs: set[str] = set()
         self._stopping = False
         self._wake = anyio.Event()
+        self._served = anyio.Event()
         #: Called with a job id whenever a job run here ends (the pipeline wakes its waiters).
         self.on_job_end: Callable[[str], None] | None = None
 
@@ -80,16 +82,50 @@ class Worker:
 
     # -- public -----------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Open the store, serve jobs until :meth:`stop` (or cancellation), then close it."""
+    async def run(
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Open the store, serve jobs until :meth:`stop` (or cancellation), then close it.
+
+        With ``handle_signals`` (main thread only), SIGTERM or SIGINT stops the worker
+        gracefully: it claims nothing more, records what finished, releases its other batches
+        and returns. A second signal stops it at once; its leases then expire and other
+        workers take the batches over. ``await task_group.start(worker.run)`` returns once the
+        worker is serving (and handling signals).
+        """
         await self.store.open()
         try:
             async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    await tg.start(self._watch_signals, tg.cancel_scope)
                 await tg.start(self.serve)
+                task_status.started()
+                await self._served.wait()
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.registry.teardown()
                 await self.store.close()
+
+    async def _watch_signals(
+        self, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                if self._stopping:
+                    log.warning("worker %s: second signal; stopping at once", self.worker_id)
+                    scope.cancel()
+                    return
+                log.info(
+                    "worker %s: %s received; stopping gracefully",
+                    self.worker_id,
+                    signal.Signals(signum).name,
+                )
+                self.stop()
 
     def stop(self) -> None:
         """Stop gracefully: claim nothing more, record what finished, release the rest."""
@@ -130,6 +166,7 @@ class Worker:
                         with anyio.move_on_after(self.lease_timeout):
                             await runner.finished.wait()
                 tg.cancel_scope.cancel()
+                self._served.set()
 
     def _start(self, claimed: ClaimedBatch, tg: TaskGroup) -> None:
         self._running_jobs.add(claimed.job.id)
@@ -161,6 +198,9 @@ class Worker:
                     timestamp=datetime.now(UTC),
                 ),
             )
+            return
+        if spec.id in self._stopped_jobs:  # cancelled while the claim was on its way back
+            await self.store.release([claimed.lease])
             return
         runner = JobRunner(self, spec, processor)
         self.runners[spec.id] = runner

@@ -1,23 +1,25 @@
 """The ``bulkpipe demo`` job: a ``full_analysis`` over synthetic nodes, and its text report.
 
 :func:`run_demo` does the work and returns a :class:`DemoReport`; it knows nothing of terminals.
-:class:`ProgressBar` and :func:`format_summary` render plain text for the CLI.
+:func:`format_summary` renders the report as plain text for the CLI (whose progress bar lives in
+:mod:`bulkpipe.cli.render`).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, Final
+
+import anyio
 
 from .nodes import DEFAULT_COUNT, generate_nodes
 from .processors import FullAnalysis
 
 if TYPE_CHECKING:
-    from bulkpipe import JobOptions
+    from bulkpipe import JobOptions, JobStore
     from bulkpipe.models import ItemOutcome, Job
 
 __all__ = [
@@ -25,10 +27,8 @@ __all__ = [
     "DemoConfig",
     "DemoReport",
     "Opportunity",
-    "ProgressBar",
     "format_summary",
     "job_options",
-    "render_progress",
     "run_demo",
     "top_opportunities",
 ]
@@ -97,27 +97,35 @@ def job_options(config: DemoConfig) -> JobOptions:
 
 
 async def run_demo(
-    config: DemoConfig, *, on_progress: Callable[[Job], object] | None = None
+    config: DemoConfig,
+    *,
+    store: JobStore | None = None,
+    on_progress: Callable[[Job], object] | None = None,
 ) -> DemoReport:
-    """Run the demo job in an in-memory pipeline and rank its results.
+    """Run the demo job in a pipeline on ``store`` (default: in memory) and rank its results.
 
-    ``on_progress`` gets every snapshot from ``Pipeline.watch``, the terminal one last.
+    ``on_progress`` gets every snapshot from ``Pipeline.watch``, the terminal one last. When
+    cancelled (Ctrl-C in the CLI), the demo cancels its job.
     """
     from bulkpipe import Pipeline
-    from bulkpipe.stores import MemoryStore
 
     options = job_options(config)
     processor = FullAnalysis(
         latency=config.latency, failure_rate=config.failure_rate, seed=config.seed
     )
-    async with Pipeline(store=MemoryStore()) as pipeline:
+    async with Pipeline(store=store) as pipeline:
         pipeline.register(PROCESSOR_NAME, processor)
         nodes = generate_nodes(config.nodes, seed=config.seed)
         job = await pipeline.submit(PROCESSOR_NAME, nodes, options=options)
-        async for snapshot in pipeline.watch(job.id, interval=config.watch_interval):
-            if on_progress is not None:
-                on_progress(snapshot)
-        final = await pipeline.wait(job.id)
+        try:
+            async for snapshot in pipeline.watch(job.id, interval=config.watch_interval):
+                if on_progress is not None:
+                    on_progress(snapshot)
+            final = await pipeline.wait(job.id)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):  # an interrupted demo leaves no job behind
+                await pipeline.cancel(job.id)
+            raise
         ranked = await top_opportunities(
             pipeline.outcomes(final.id, status="succeeded"), config.top
         )
@@ -158,77 +166,6 @@ def _names_of(node_ids: set[str], config: DemoConfig) -> dict[str, str]:
             if len(names) == len(node_ids):
                 break
     return names
-
-
-def render_progress(
-    done: int, total: int, failed: int, percent: float, elapsed: float, width: int = 30
-) -> str:
-    """One progress line: ``[#####-----] 1500/3000  50.0%  2400 items/s  3 failed``."""
-    fraction = min(1.0, max(0.0, percent / 100.0))
-    filled = round(fraction * width)
-    rate = done / elapsed if elapsed > 0 else 0.0
-    bar = "#" * filled + "-" * (width - filled)
-    return f"[{bar}] {done}/{total}  {percent:5.1f}%  {rate:,.0f} items/s  {failed} failed"
-
-
-class ProgressBar:
-    """Plain-text job progress on ``stream``, fed with ``Pipeline.watch`` snapshots.
-
-    On a terminal one line is rewritten with ``\\r``; elsewhere a line is written at each 10 %
-    step and at the end, so logs stay short.
-    """
-
-    def __init__(
-        self,
-        stream: TextIO,
-        *,
-        interactive: bool | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._stream = stream
-        self._interactive = stream.isatty() if interactive is None else interactive
-        self._clock = clock
-        self._started = clock()
-        self._line_length = 0
-        self._last_step = -1
-        self._open_line = False
-
-    def update(self, snapshot: Job) -> None:
-        """Show ``snapshot``; the terminal one ends the line."""
-        line = render_progress(
-            snapshot.processed_items,
-            snapshot.total_items,
-            snapshot.failed_items,
-            snapshot.progress,
-            self._clock() - self._started,
-        )
-        if self._interactive:
-            self._rewrite(line, finished=snapshot.status.is_terminal)
-        else:
-            self._log(line, step=int(snapshot.progress // 10), final=snapshot.status.is_terminal)
-
-    def close(self) -> None:
-        """End a line left open (for example when the run was interrupted)."""
-        if self._open_line:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._open_line = False
-
-    def _rewrite(self, line: str, *, finished: bool) -> None:
-        padding = " " * max(0, self._line_length - len(line))
-        self._stream.write(f"\r{line}{padding}")
-        self._line_length = len(line)
-        self._open_line = True
-        if finished:
-            self.close()
-        else:
-            self._stream.flush()
-
-    def _log(self, line: str, *, step: int, final: bool) -> None:
-        if step > self._last_step or final:
-            self._last_step = step
-            self._stream.write(line + "\n")
-            self._stream.flush()
 
 
 def format_summary(report: DemoReport) -> str:

@@ -51,6 +51,7 @@ class _Job:
     options: JobOptions
     priority: int
     retry_of: str | None
+    owner: str | None
     source: str | None
     params: dict[str, object] | None
     created_at: float
@@ -96,6 +97,7 @@ class _Job:
             options=self.options,
             priority=self.priority,
             retry_of=self.retry_of,
+            owner=self.owner,
             source=self.source,
             params=self.params,
             sealed=self.sealed,
@@ -168,6 +170,7 @@ class MemoryStore:
             options=job.options,
             priority=job.priority,
             retry_of=job.retry_of,
+            owner=job.owner,
             source=job.source,
             params=dict(job.params) if job.params is not None else None,
             created_at=job.created_at.timestamp(),
@@ -179,6 +182,8 @@ class MemoryStore:
         job = self._job(job_id)
         if job.sealed:
             raise StoreError(f"job {job_id!r} is sealed; no more items can be added")
+        if job.status.is_terminal:
+            return []  # nothing is written for a terminal job (its ids are gone, too)
         ids = job.ids
         fresh: list[EncodedItem] = []
         duplicates: list[str] = []
@@ -295,13 +300,15 @@ class MemoryStore:
                 batch.owner = None
                 del job.leased[batch.no]
                 job.open_batches -= 1
-        job.updated_at = now
+        if reports:  # an empty record is a read
+            job.updated_at = now
         return job.progress(tuple(lost))
 
     @staticmethod
     def _store_outcomes(job: _Job, batch: _Batch, rows: Sequence[OutcomeRow]) -> None:
         finished = batch.finished
         outcomes = job.outcomes
+        by_id: dict[str, EncodedItem] | None = None  # built once per call, at the first failure
         for row in rows:
             if row.item_id in finished:
                 continue  # an item keeps its first final outcome
@@ -312,8 +319,12 @@ class MemoryStore:
                 job.failed += 1
                 job.error_count += 1
                 job.failed_pos.append(len(outcomes))
-                assert batch.items is not None
-                job.failed_items.extend(it for it in batch.items if it[0] == row.item_id)
+                if by_id is None:
+                    assert batch.items is not None
+                    by_id = {it[0]: it for it in batch.items}
+                item = by_id.get(row.item_id)
+                if item is not None:
+                    job.failed_items.append(item)
                 if len(job.errors) < MAX_ERRORS:
                     job.errors.extend(errors_from_rows((row,), 1))
             outcomes.append(row)
@@ -348,7 +359,12 @@ class MemoryStore:
             del job.leased[batch.no]
             batch.state = _PENDING
             batch.owner = None
-            job.pending.appendleft(batch)
+            # Back to the front, keeping the pending batches in batch order.
+            pending = job.pending
+            at = 0
+            while at < len(pending) and pending[at].no < batch.no:
+                at += 1
+            pending.insert(at, batch)
 
     async def finish_job(
         self, job_id: str, status: JobStatus, error: ProcessingError | None = None
@@ -380,11 +396,18 @@ class MemoryStore:
         return self._job(job_id).snapshot()
 
     async def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[Job]:
         jobs = sorted(self._jobs.values(), key=lambda j: j.seq, reverse=True)
         if status is not None:
             jobs = [j for j in jobs if j.status is status]
+        if owner is not None:
+            jobs = [j for j in jobs if j.owner == owner]
         return [j.snapshot() for j in jobs[offset : offset + limit]]
 
     async def read_outcomes(
@@ -412,6 +435,9 @@ class MemoryStore:
             pos += 1
             if failed is None or row.ok:
                 rows.append(_outcome(row))
+        if failed is False:
+            while pos < len(outcomes) and not outcomes[pos].ok:
+                pos += 1  # so the cursor is None when no succeeded row is left
         return Page(rows=rows, cursor=pos if pos < len(outcomes) else None)
 
     async def read_failed_items(

@@ -1,0 +1,83 @@
+"""``bulkpipe worker``: serve the store's jobs with the installed processors until stopped."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import anyio
+import click
+
+from ..processors import ProcessorRegistry
+from ..worker import Worker
+from .errors import redact
+from .params import POSITIVE, store_option, store_url
+from .runtime import open_cli_store
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@click.command()
+@click.option(
+    "--lease-timeout",
+    type=POSITIVE,
+    default=30.0,
+    show_default=True,
+    help="Seconds a claimed batch stays leased without a heartbeat; after that, another "
+    "worker takes it over.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most items this worker runs at once, over all jobs [default: no limit].",
+)
+@click.option(
+    "--poll-interval",
+    type=POSITIVE,
+    default=0.5,
+    show_default=True,
+    help="Seconds between looks for new work when idle.",
+)
+@click.option("--log-level", type=click.Choice(_LOG_LEVELS), default="info", show_default=True)
+@store_option
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    lease_timeout: float,
+    max_in_flight: int | None,
+    poll_interval: float,
+    log_level: str,
+    store: str | None,
+) -> None:
+    """Run the store's jobs until stopped.
+
+    Serves every job of the store whose processor is installed here, until SIGTERM or Ctrl-C.
+    On the first signal the worker claims nothing more, finishes or hands back its batches
+    and exits 0; a second signal stops it at once (its leases then expire and other workers
+    take its batches over). Any number of workers, on this machine or others, may serve one
+    store; each runs up to a job's --concurrency batches of it.
+    """
+    url = store_url(ctx, store)
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    names = ProcessorRegistry().installed()
+    served = Worker(
+        open_cli_store(url),
+        lease_timeout=lease_timeout,
+        max_in_flight=max_in_flight,
+        poll_interval=poll_interval,
+    )
+    if not names:
+        click.echo("bulkpipe: warning: no processors are installed; nothing can run", err=True)
+    click.echo(
+        f"bulkpipe worker {served.worker_id}: serving {redact(url)} with processors "
+        f"{', '.join(names) or '(none)'}; stop with Ctrl-C or SIGTERM",
+        err=True,
+    )
+    anyio.run(functools.partial(served.run, handle_signals=True))
+    click.echo(f"bulkpipe worker {served.worker_id}: stopped", err=True)

@@ -1,0 +1,92 @@
+-- Version 1 of the PostgreSQL schema: every table, index and sequence of a store.
+-- Applied under an advisory lock, in one transaction, by PostgresStore.open().
+-- Key/value settings: 'schema_version' (the last migration applied).
+CREATE TABLE {prefix}meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- Fencing tokens: strictly increasing across every process that uses the store.
+CREATE SEQUENCE {prefix}tokens;
+
+-- One row per job; the counts change in the same transaction as the rows they count.
+CREATE TABLE {prefix}jobs (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text COLLATE "C" NOT NULL UNIQUE,
+    type text NOT NULL,
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')),
+    options jsonb NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    retry_of text,
+    owner text,                              -- an owner or tenant tag, or NULL
+    source text,
+    params jsonb,
+    sealed boolean NOT NULL DEFAULT false,
+    next_batch integer NOT NULL DEFAULT 0,
+    next_outcome bigint NOT NULL DEFAULT 0,  -- outcome ids of the job so far
+    total bigint NOT NULL DEFAULT 0,
+    succeeded bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    rejected bigint NOT NULL DEFAULT 0,
+    open_batches integer NOT NULL DEFAULT 0, -- batches not done: pending or leased
+    error_count bigint NOT NULL DEFAULT 0,
+    errors jsonb NOT NULL DEFAULT '[]',      -- the first errors (MAX_ERRORS at most)
+    last_request text,                       -- the last submit-side write, to spot a retry
+    created_at double precision NOT NULL,
+    started_at double precision,
+    updated_at double precision,
+    completed_at double precision
+);
+
+-- The jobs a worker may claim from, in claim order.
+CREATE INDEX {prefix}jobs_active ON {prefix}jobs (priority DESC, seq)
+    WHERE status IN ('pending', 'processing');
+CREATE INDEX {prefix}jobs_status ON {prefix}jobs (status, seq);
+CREATE INDEX {prefix}jobs_owner ON {prefix}jobs (owner, seq);
+
+-- One row per batch; state 0 pending, 1 leased, 2 done.
+CREATE TABLE {prefix}batches (
+    job bigint NOT NULL,
+    batch_no integer NOT NULL,
+    state smallint NOT NULL DEFAULT 0 CHECK (state IN (0, 1, 2)),
+    token bigint NOT NULL DEFAULT 0,
+    owner text,                              -- the worker holding the lease
+    expires_at timestamptz,
+    claims integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (job, batch_no)
+);
+
+-- The batches a claim may take: pending ones, and leased ones whose lease may have expired.
+CREATE INDEX {prefix}batches_open ON {prefix}batches (job, state, batch_no) WHERE state < 2;
+
+-- payload is the item's JSON as text: cheaper to write than jsonb, and it goes back to the
+-- worker as text anyway.
+CREATE TABLE {prefix}items (
+    job bigint NOT NULL,
+    item_id text COLLATE "C" NOT NULL,
+    batch_no integer NOT NULL,
+    pos integer NOT NULL,                    -- order within the batch
+    payload text NOT NULL,
+    PRIMARY KEY (job, item_id)
+);
+
+CREATE INDEX {prefix}items_batch ON {prefix}items (job, batch_no);
+
+-- Final outcomes, one per item; id (per job) is the recording order and the read cursor.
+CREATE TABLE {prefix}outcomes (
+    id bigint NOT NULL,
+    job bigint NOT NULL,
+    item_id text COLLATE "C" NOT NULL,
+    ok boolean NOT NULL,
+    result text,                             -- JSON, when ok
+    error text,
+    error_type text,
+    attempts integer NOT NULL,
+    started_at double precision NOT NULL,
+    finished_at double precision NOT NULL,
+    PRIMARY KEY (job, id),
+    UNIQUE (job, item_id)
+);
+
+INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', '1');

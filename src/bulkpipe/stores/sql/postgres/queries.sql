@@ -1,0 +1,382 @@
+-- The queries of PostgresStore, each under a `-- name: NAME --` header. {prefix} is the
+-- validated table prefix; every value is a %(name)s parameter.
+--
+-- Almost every store call is ONE statement (data-modifying CTEs), so it costs one round trip
+-- and runs atomically in autocommit mode. Rows are locked job first, then batches in batch
+-- order, so concurrent calls cannot deadlock. Lease expiry is compared with now(), the
+-- database clock that every worker shares.
+
+-- name: meta_table --
+-- Read from pg_class, not with to_regclass(): under the migration lock this must see tables
+-- that another process has just committed, and to_regclass() may answer from a stale cache.
+SELECT
+    EXISTS (SELECT 1 FROM pg_class WHERE relname = '{prefix}meta'
+            AND relnamespace = current_schema()::regnamespace),
+    EXISTS (SELECT 1 FROM pg_class WHERE relname = '{prefix}jobs'
+            AND relnamespace = current_schema()::regnamespace)
+
+-- name: schema_version --
+SELECT value FROM {prefix}meta WHERE key = 'schema_version'
+
+-- name: set_schema_version --
+INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', %(version)s)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+
+-- name: durable_commit --
+-- Store connections commit asynchronously (synchronous_commit = off); a write that must be
+-- on disk before it returns (a seal, a job's end) restores the server's setting for its
+-- transaction, and its flush also flushes every commit before it.
+SET LOCAL synchronous_commit TO DEFAULT
+
+-- name: migration_lock --
+-- Held until the migrating transaction ends; other processes opening the store wait here.
+SELECT pg_advisory_xact_lock(
+    hashtextextended('bulkpipe schema ' || coalesce(current_schema(), '') || '.{prefix}', 0)
+)
+
+-- name: create_job --
+INSERT INTO {prefix}jobs (
+    id, type, options, priority, retry_of, owner, source, params, created_at, last_request
+)
+VALUES (
+    %(id)s, %(type)s, %(options)s::jsonb, %(priority)s, %(retry_of)s, %(owner)s, %(source)s,
+    %(params)s::jsonb, %(created_at)s, %(request)s
+)
+ON CONFLICT (id) DO NOTHING
+RETURNING seq
+
+-- name: job_state --
+SELECT seq, status, sealed, next_batch, last_request FROM {prefix}jobs WHERE id = %(id)s
+
+-- name: add_batch --
+-- Locks the job row, stores the items that are new to the job (the first of repeated ids),
+-- and only if there is one makes a batch of them; returns the ids stored. `prev` is the
+-- submitter's previous write to the job: if the database no longer has it (the server lost
+-- its last asynchronous commits in a crash), nothing is written.
+WITH job AS (
+    SELECT seq, next_batch FROM {prefix}jobs
+    WHERE id = %(id)s AND NOT sealed AND status IN ('pending', 'processing')
+      AND (%(prev)s::text IS NULL OR last_request = %(prev)s::text)
+    FOR UPDATE
+), added AS (
+    INSERT INTO {prefix}items AS i (job, item_id, batch_no, pos, payload)
+    SELECT job.seq, t.item_id, job.next_batch, t.pos, t.payload
+    FROM job, unnest(%(ids)b::text[], %(payloads)b::text[]) WITH ORDINALITY
+        AS t (item_id, payload, pos)
+    ON CONFLICT (job, item_id) DO NOTHING
+    RETURNING i.item_id
+), counted AS (
+    SELECT count(*) AS n FROM added
+), batch AS (
+    INSERT INTO {prefix}batches (job, batch_no)
+    SELECT job.seq, job.next_batch FROM job, counted WHERE counted.n > 0
+)
+UPDATE {prefix}jobs AS j
+SET next_batch = j.next_batch + 1,
+    total = j.total + counted.n,
+    open_batches = j.open_batches + 1,
+    last_request = %(request)s
+FROM job, counted
+WHERE j.seq = job.seq AND counted.n > 0
+RETURNING counted.n, (SELECT array_agg(item_id) FROM added)
+
+-- name: batch_item_ids --
+SELECT item_id FROM {prefix}items WHERE job = %(job)s AND batch_no = %(batch_no)s
+
+-- name: add_errors --
+UPDATE {prefix}jobs AS j
+SET errors = j.errors || (
+        SELECT coalesce(jsonb_agg(e.value ORDER BY e.n), '[]')
+        FROM jsonb_array_elements(%(errors)s::jsonb) WITH ORDINALITY AS e (value, n)
+        WHERE e.n <= %(max_errors)s - jsonb_array_length(j.errors)
+    ),
+    error_count = j.error_count + %(count)s,
+    rejected = j.rejected + %(rejected)s,
+    last_request = %(request)s
+WHERE j.id = %(id)s AND (%(prev)s::text IS NULL OR j.last_request = %(prev)s::text)
+RETURNING j.seq
+
+-- name: seal_job --
+UPDATE {prefix}jobs SET sealed = true
+WHERE id = %(id)s AND (%(prev)s::text IS NULL OR last_request = %(prev)s::text)
+RETURNING status, sealed, total, succeeded, failed, open_batches
+
+-- name: progress --
+SELECT status, sealed, total, succeeded, failed, open_batches FROM {prefix}jobs
+WHERE id = %(id)s
+
+-- name: claim_any --
+-- The first claimable batch of the highest-priority, oldest live job: a pending batch in
+-- batch order, else a leased one whose lease has expired. SKIP LOCKED lets workers claim at
+-- the same time without waiting on (or taking) each other's batches.
+WITH pick AS (
+    SELECT j.seq, b.batch_no
+    FROM {prefix}jobs AS j
+    CROSS JOIN LATERAL (
+        SELECT b.batch_no FROM {prefix}batches AS b
+        WHERE b.job = j.seq AND b.state < 2 AND (b.state = 0 OR b.expires_at <= now())
+        ORDER BY b.state, b.batch_no
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ) AS b
+    WHERE j.status IN ('pending', 'processing')
+      AND (%(types)s::text[] IS NULL OR j.type = ANY (%(types)s::text[]))
+      AND j.id <> ALL (%(exclude)s::text[])
+    ORDER BY j.priority DESC, j.seq
+    LIMIT 1
+), leased AS (
+    UPDATE {prefix}batches AS b
+    SET state = 1,
+        token = nextval('{prefix}tokens'),
+        owner = %(owner)s,
+        expires_at = now() + make_interval(secs => %(lease)s::float8),
+        claims = b.claims + 1
+    FROM pick
+    WHERE b.job = pick.seq AND b.batch_no = pick.batch_no
+    RETURNING b.job, b.batch_no, b.token, b.claims
+), started AS (
+    UPDATE {prefix}jobs AS j
+    SET status = 'processing', started_at = coalesce(j.started_at, extract(epoch FROM now()))
+    FROM leased
+    WHERE j.seq = leased.job AND j.status = 'pending'
+)
+SELECT j.id, j.type, j.options::text, j.priority, leased.batch_no, leased.token, leased.claims,
+    items.ids, items.payloads
+FROM leased
+JOIN {prefix}jobs AS j ON j.seq = leased.job
+CROSS JOIN LATERAL (
+    -- A first claim has no outcomes yet; a later one skips the items that have one.
+    SELECT array_agg(i.item_id ORDER BY i.pos) AS ids,
+        array_agg(i.payload ORDER BY i.pos) AS payloads
+    FROM {prefix}items AS i
+    WHERE i.job = leased.job AND i.batch_no = leased.batch_no
+      AND (leased.claims = 1 OR NOT EXISTS (
+          SELECT 1 FROM {prefix}outcomes AS o WHERE o.job = i.job AND o.item_id = i.item_id
+      ))
+) AS items
+
+-- name: claim_job --
+-- claim_any for one given job.
+WITH pick AS (
+    SELECT j.seq, b.batch_no
+    FROM {prefix}jobs AS j
+    CROSS JOIN LATERAL (
+        SELECT b.batch_no FROM {prefix}batches AS b
+        WHERE b.job = j.seq AND b.state < 2 AND (b.state = 0 OR b.expires_at <= now())
+        ORDER BY b.state, b.batch_no
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ) AS b
+    WHERE j.id = %(id)s AND j.status IN ('pending', 'processing')
+), leased AS (
+    UPDATE {prefix}batches AS b
+    SET state = 1,
+        token = nextval('{prefix}tokens'),
+        owner = %(owner)s,
+        expires_at = now() + make_interval(secs => %(lease)s::float8),
+        claims = b.claims + 1
+    FROM pick
+    WHERE b.job = pick.seq AND b.batch_no = pick.batch_no
+    RETURNING b.job, b.batch_no, b.token, b.claims
+), started AS (
+    UPDATE {prefix}jobs AS j
+    SET status = 'processing', started_at = coalesce(j.started_at, extract(epoch FROM now()))
+    FROM leased
+    WHERE j.seq = leased.job AND j.status = 'pending'
+)
+SELECT j.id, j.type, j.options::text, j.priority, leased.batch_no, leased.token, leased.claims,
+    items.ids, items.payloads
+FROM leased
+JOIN {prefix}jobs AS j ON j.seq = leased.job
+CROSS JOIN LATERAL (
+    SELECT array_agg(i.item_id ORDER BY i.pos) AS ids,
+        array_agg(i.payload ORDER BY i.pos) AS payloads
+    FROM {prefix}items AS i
+    WHERE i.job = leased.job AND i.batch_no = leased.batch_no
+      AND (leased.claims = 1 OR NOT EXISTS (
+          SELECT 1 FROM {prefix}outcomes AS o WHERE o.job = i.job AND o.item_id = i.item_id
+      ))
+) AS items
+
+-- name: record --
+-- One report per (batch_no, token, done); outcomes flattened with their batch_no. Locks the
+-- live job, then the batches whose lease the reports still hold (a replay may also find its
+-- own done batch), stores the outcomes of those batches that are new (an item keeps its first
+-- final outcome), closes the done batches, and counts only the rows actually stored, in the
+-- same statement. Outcome ids (the read cursor) count up per job under the job's row lock, so
+-- they follow commit order. Returns no row when the job is missing or terminal.
+WITH job AS (
+    SELECT seq, next_outcome FROM {prefix}jobs
+    WHERE id = %(id)s AND status IN ('pending', 'processing')
+    FOR UPDATE
+), report AS (
+    SELECT * FROM unnest(%(batch_nos)b::int[], %(tokens)b::bigint[], %(done)b::boolean[])
+        AS r (batch_no, token, done)
+), held AS (
+    SELECT b.batch_no, b.token, b.state, r.done
+    FROM job
+    JOIN {prefix}batches AS b ON b.job = job.seq
+    JOIN report AS r ON r.batch_no = b.batch_no AND r.token = b.token
+    WHERE b.state = 1 OR (%(replay)s AND b.state = 2 AND r.done)
+    ORDER BY b.batch_no
+    FOR UPDATE OF b
+), stored AS (
+    INSERT INTO {prefix}outcomes AS o (
+        id, job, item_id, ok, result, error, error_type, attempts, started_at, finished_at
+    )
+    SELECT job.next_outcome + t.n, job.seq, t.item_id, t.ok, t.result, t.error, t.error_type,
+        t.attempts, t.started_at, t.finished_at
+    FROM job, unnest(
+        %(o_batch)b::int[], %(o_item)b::text[], %(o_ok)b::boolean[], %(o_result)b::text[],
+        %(o_error)b::text[], %(o_type)b::text[], %(o_attempts)b::int[],
+        %(o_started)b::float8[], %(o_finished)b::float8[]
+    ) WITH ORDINALITY
+        AS t (batch_no, item_id, ok, result, error, error_type, attempts, started_at, finished_at,
+              n)
+    WHERE t.batch_no IN (SELECT batch_no FROM held)
+    ON CONFLICT (job, item_id) DO NOTHING
+    RETURNING o.id, o.item_id, o.ok, o.error, o.error_type, o.attempts, o.finished_at
+), finished AS (
+    UPDATE {prefix}batches AS b
+    SET state = 2, owner = NULL, expires_at = NULL
+    FROM job, held
+    WHERE b.job = job.seq AND b.batch_no = held.batch_no AND held.done AND held.state = 1
+    RETURNING b.batch_no
+), counted AS (
+    SELECT count(*) FILTER (WHERE ok) AS ok, count(*) FILTER (WHERE NOT ok) AS bad FROM stored
+)
+UPDATE {prefix}jobs AS j
+SET next_outcome = j.next_outcome + %(o_count)s,
+    succeeded = j.succeeded + counted.ok,
+    failed = j.failed + counted.bad,
+    error_count = j.error_count + counted.bad,
+    open_batches = j.open_batches - (SELECT count(*) FROM finished),
+    errors = CASE WHEN counted.bad = 0 THEN j.errors ELSE j.errors || (
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+            'item_id', s.item_id,
+            'error', coalesce(s.error, ''),
+            'error_type', coalesce(s.error_type, 'Error'),
+            'at', s.finished_at,
+            'retry_count', greatest(0, s.attempts - 1)
+        ) ORDER BY s.id), '[]')
+        FROM (SELECT *, row_number() OVER (ORDER BY id) AS n FROM stored WHERE NOT ok) AS s
+        WHERE s.n <= %(max_errors)s - jsonb_array_length(j.errors)
+    ) END,
+    updated_at = extract(epoch FROM now())
+FROM job, counted
+WHERE j.seq = job.seq
+RETURNING j.status, j.sealed, j.total, j.succeeded, j.failed, j.open_batches,
+    ARRAY(SELECT ARRAY[batch_no, token] FROM held)
+
+-- name: renew_leases --
+-- Extends the leases still held on live jobs; returns every lease given, with its job's
+-- status (NULL: no such job) and whether it was renewed.
+WITH lease AS (
+    SELECT * FROM unnest(%(job_ids)b::text[], %(batch_nos)b::int[], %(tokens)b::bigint[])
+        WITH ORDINALITY AS l (job_id, batch_no, token, n)
+), held AS (
+    SELECT b.job, b.batch_no
+    FROM lease
+    JOIN {prefix}jobs AS j ON j.id = lease.job_id AND j.status IN ('pending', 'processing')
+    JOIN {prefix}batches AS b
+        ON b.job = j.seq AND b.batch_no = lease.batch_no AND b.token = lease.token
+    WHERE b.state = 1
+    ORDER BY b.job, b.batch_no
+    FOR UPDATE OF b
+), renewed AS (
+    UPDATE {prefix}batches AS b
+    SET expires_at = now() + make_interval(secs => %(lease)s::float8)
+    FROM held
+    WHERE b.job = held.job AND b.batch_no = held.batch_no
+    RETURNING b.job, b.batch_no, b.token
+)
+SELECT lease.job_id, lease.batch_no, lease.token, j.status,
+    EXISTS (
+        SELECT 1 FROM renewed
+        WHERE renewed.job = j.seq AND renewed.batch_no = lease.batch_no
+          AND renewed.token = lease.token
+    )
+FROM lease
+LEFT JOIN {prefix}jobs AS j ON j.id = lease.job_id
+ORDER BY lease.n
+
+-- name: release --
+WITH lease AS (
+    SELECT * FROM unnest(%(job_ids)b::text[], %(batch_nos)b::int[], %(tokens)b::bigint[])
+        AS l (job_id, batch_no, token)
+), held AS (
+    SELECT b.job, b.batch_no
+    FROM lease
+    JOIN {prefix}jobs AS j ON j.id = lease.job_id
+    JOIN {prefix}batches AS b
+        ON b.job = j.seq AND b.batch_no = lease.batch_no AND b.token = lease.token
+    WHERE b.state = 1
+    ORDER BY b.job, b.batch_no
+    FOR UPDATE OF b
+)
+UPDATE {prefix}batches AS b
+SET state = 0, owner = NULL, expires_at = NULL
+FROM held
+WHERE b.job = held.job AND b.batch_no = held.batch_no
+
+-- name: finish_job --
+UPDATE {prefix}jobs AS j
+SET status = %(status)s,
+    completed_at = extract(epoch FROM now()),
+    updated_at = extract(epoch FROM now()),
+    started_at = coalesce(j.started_at, extract(epoch FROM now())),
+    errors = CASE
+        WHEN %(error)s::jsonb IS NULL OR jsonb_array_length(j.errors) >= %(max_errors)s
+        THEN j.errors
+        ELSE j.errors || jsonb_build_array(%(error)s::jsonb)
+    END,
+    error_count = j.error_count + (%(error)s::jsonb IS NOT NULL)::int
+WHERE j.id = %(id)s AND j.status IN ('pending', 'processing')
+RETURNING j.seq
+
+-- name: get_job --
+SELECT id, type, status, options::text, priority, retry_of, owner, source, params, sealed,
+    total, succeeded, failed, rejected, error_count, errors, created_at, started_at,
+    updated_at, completed_at
+FROM {prefix}jobs
+WHERE id = %(id)s
+
+-- name: list_jobs --
+SELECT id, type, status, options::text, priority, retry_of, owner, source, params, sealed,
+    total, succeeded, failed, rejected, error_count, errors, created_at, started_at,
+    updated_at, completed_at
+FROM {prefix}jobs
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+ORDER BY seq DESC
+LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: outcomes --
+-- A page of outcomes after the cursor; one row of NULLs when the job has none, and no
+-- row at all when there is no such job.
+SELECT o.id, o.item_id, o.ok, o.result, o.error, o.error_type, o.attempts, o.started_at,
+    o.finished_at
+FROM {prefix}jobs AS j
+LEFT JOIN LATERAL (
+    SELECT * FROM {prefix}outcomes AS o
+    WHERE o.job = j.seq AND o.id > %(after)s AND (%(ok)s::boolean IS NULL OR o.ok = %(ok)s)
+    ORDER BY o.id
+    LIMIT %(limit)s
+) AS o ON true
+WHERE j.id = %(id)s
+ORDER BY o.id
+
+-- name: failed_items --
+-- The items whose outcome failed, in the same shape as the outcomes query.
+SELECT f.id, f.item_id, f.payload
+FROM {prefix}jobs AS j
+LEFT JOIN LATERAL (
+    SELECT o.id, i.item_id, i.payload
+    FROM {prefix}outcomes AS o
+    JOIN {prefix}items AS i ON i.job = o.job AND i.item_id = o.item_id
+    WHERE o.job = j.seq AND o.id > %(after)s AND NOT o.ok
+    ORDER BY o.id
+    LIMIT %(limit)s
+) AS f ON true
+WHERE j.id = %(id)s
+ORDER BY f.id

@@ -1,0 +1,288 @@
+-- The SQL of SQLiteStore, one statement per `-- name: NAME --` header (see stores/_sql.py).
+-- {prefix} is the validated table prefix; every value is a parameter. Times are seconds since
+-- the epoch. Jobs are referred to by their integer seq inside the database.
+
+-- == connection and transactions ==============================================================
+
+-- name: journal_wal --
+PRAGMA journal_mode = WAL
+
+-- name: synchronous_normal --
+PRAGMA synchronous = NORMAL
+
+-- name: begin_write --
+-- Takes the write lock at once (waiting up to busy_timeout), so a transaction never has to
+-- upgrade a read lock, which SQLite cannot do under contention.
+BEGIN IMMEDIATE
+
+-- name: begin_read --
+BEGIN DEFERRED
+
+-- name: commit --
+COMMIT
+
+-- name: rollback --
+ROLLBACK
+
+-- == schema ===================================================================================
+
+-- name: meta_exists --
+SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{prefix}meta'
+
+-- name: schema_version --
+SELECT value FROM {prefix}meta WHERE key = 'schema_version'
+
+-- name: set_schema_version --
+INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', :version)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: check_writable --
+-- A write that changes nothing, so that opening a read-only file fails at once.
+UPDATE {prefix}meta SET value = value WHERE key = 'schema_version'
+
+-- name: schema_objects --
+SELECT type, name, tbl_name, sql FROM sqlite_master
+WHERE tbl_name IN (SELECT value FROM json_each(:tables))
+ORDER BY name
+
+-- name: next_token --
+UPDATE {prefix}meta SET value = value + 1 WHERE key = 'last_token' RETURNING value
+
+-- == submission ===============================================================================
+
+-- name: insert_job --
+INSERT INTO {prefix}jobs (
+    id, type, status, options, priority, retry_of, owner, source, params, created_at
+) VALUES (
+    :id, :type, 'pending', :options, :priority, :retry_of, :owner, :source, :params, :created_at
+)
+
+-- name: job_state --
+SELECT seq, status, sealed, next_batch FROM {prefix}jobs WHERE id = :id
+
+-- name: last_item --
+SELECT coalesce(max(seq), 0) FROM {prefix}items
+
+-- name: insert_items --
+-- executemany: (job, item_id, batch_no, payload). A repeated id is skipped, not an error.
+INSERT INTO {prefix}items (job, item_id, batch_no, payload) VALUES (?, ?, ?, ?)
+ON CONFLICT (job, item_id) DO NOTHING
+
+-- name: item_ids_after --
+SELECT item_id FROM {prefix}items WHERE seq > :after
+
+-- name: insert_batch --
+INSERT INTO {prefix}batches (job, batch_no, state, size, first_item, last_item)
+VALUES (:job, :batch_no, 'pending', :size, :first_item, :last_item)
+
+-- name: count_batch --
+UPDATE {prefix}jobs
+SET total = total + :size, open_batches = open_batches + 1, next_batch = next_batch + 1
+WHERE seq = :job
+
+-- name: count_errors --
+UPDATE {prefix}jobs
+SET error_count = error_count + :errors, rejected = rejected + :rejected
+WHERE seq = :job
+
+-- name: kept_errors --
+SELECT count(*) FROM {prefix}errors WHERE job = :job
+
+-- name: insert_error --
+-- executemany: (job, item_id, error, error_type, timestamp, retry_count)
+INSERT INTO {prefix}errors (job, item_id, error, error_type, timestamp, retry_count)
+VALUES (?, ?, ?, ?, ?, ?)
+
+-- name: seal_job --
+UPDATE {prefix}jobs SET sealed = 1 WHERE seq = :job
+
+-- name: progress --
+SELECT status, sealed, total, succeeded, failed, open_batches FROM {prefix}jobs WHERE seq = :job
+
+-- name: progress_by_id --
+SELECT status, sealed, total, succeeded, failed, open_batches FROM {prefix}jobs WHERE id = :id
+
+-- == claiming =================================================================================
+
+-- name: next_job --
+-- The highest-priority, then oldest, active job with a batch to claim. :types is a JSON array
+-- of processor names or NULL (any); :exclude a JSON array of job ids.
+SELECT j.seq FROM {prefix}jobs AS j
+WHERE j.status IN ('pending', 'processing')
+    AND (:types IS NULL OR j.type IN (SELECT value FROM json_each(:types)))
+    AND j.id NOT IN (SELECT value FROM json_each(:exclude))
+    AND (
+        EXISTS (
+            SELECT 1 FROM {prefix}batches AS b WHERE b.job = j.seq AND b.state = 'pending'
+        )
+        OR EXISTS (
+            SELECT 1 FROM {prefix}batches AS b INDEXED BY {prefix}batches_queue
+            WHERE b.job = j.seq AND b.state = 'leased' AND b.expires_at <= :now
+        )
+    )
+ORDER BY j.priority DESC, j.seq
+LIMIT 1
+
+-- name: job_spec --
+SELECT seq, id, type, status, options, priority FROM {prefix}jobs WHERE seq = :job
+
+-- name: job_spec_by_id --
+SELECT seq, id, type, status, options, priority FROM {prefix}jobs WHERE id = :id
+
+-- name: pending_batch --
+SELECT batch_no FROM {prefix}batches
+WHERE job = :job AND state = 'pending'
+ORDER BY batch_no
+LIMIT 1
+
+-- name: expired_batch --
+-- INDEXED BY: a job has few leased batches but may have thousands of done ones.
+SELECT batch_no FROM {prefix}batches INDEXED BY {prefix}batches_queue
+WHERE job = :job AND state = 'leased' AND expires_at <= :now
+ORDER BY batch_no
+LIMIT 1
+
+-- name: lease_batch --
+UPDATE {prefix}batches
+SET state = 'leased', token = :token, owner = :owner, expires_at = :expires_at,
+    claims = claims + 1
+WHERE job = :job AND batch_no = :batch_no
+RETURNING claims, recorded, first_item, last_item
+
+-- name: start_job --
+UPDATE {prefix}jobs SET status = 'processing', started_at = :now
+WHERE seq = :job AND status = 'pending'
+
+-- name: batch_items --
+SELECT item_id, payload FROM {prefix}items
+WHERE seq > :first_item AND seq <= :last_item
+ORDER BY seq
+
+-- name: batch_items_unfinished --
+-- The items of a batch that has some outcomes already (it was claimed before).
+SELECT i.item_id, i.payload FROM {prefix}items AS i
+WHERE i.seq > :first_item AND i.seq <= :last_item
+    AND NOT EXISTS (
+        SELECT 1 FROM {prefix}outcomes AS o WHERE o.job = i.job AND o.item_id = i.item_id
+    )
+ORDER BY i.seq
+
+-- == recording ================================================================================
+
+-- name: job_for_record --
+SELECT seq, status FROM {prefix}jobs WHERE id = :id
+
+-- name: batch_lease --
+SELECT state, token, size, recorded FROM {prefix}batches WHERE job = :job AND batch_no = :batch_no
+
+-- name: last_outcome --
+SELECT coalesce(max(seq), 0) FROM {prefix}outcomes
+
+-- name: insert_outcomes --
+-- executemany: (job, item_id, ok, result, error, error_type, attempts, started_at,
+-- finished_at). An item that already has an outcome keeps it.
+INSERT INTO {prefix}outcomes (
+    job, item_id, ok, result, error, error_type, attempts, started_at, finished_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (job, item_id) DO NOTHING
+
+-- name: failed_since --
+-- How many of the outcomes stored after :after (in this transaction) are failures.
+SELECT count(*) FROM {prefix}outcomes WHERE seq > :after AND ok = 0
+
+-- name: errors_from_outcomes --
+-- The failed outcomes stored after :after become job errors, up to :room of them (the same
+-- fields as bulkpipe._snapshot.errors_from_rows).
+INSERT INTO {prefix}errors (job, item_id, error, error_type, timestamp, retry_count)
+SELECT job, item_id, coalesce(error, ''), coalesce(error_type, 'Error'), finished_at,
+    max(attempts - 1, 0)
+FROM {prefix}outcomes
+WHERE seq > :after AND ok = 0
+ORDER BY seq
+LIMIT :room
+
+-- name: count_recorded --
+UPDATE {prefix}batches SET recorded = recorded + :stored WHERE job = :job AND batch_no = :batch_no
+
+-- name: finish_batch --
+UPDATE {prefix}batches SET state = 'done', owner = NULL, expires_at = NULL
+WHERE job = :job AND batch_no = :batch_no
+
+-- name: count_outcomes --
+UPDATE {prefix}jobs
+SET succeeded = succeeded + :succeeded, failed = failed + :failed,
+    error_count = error_count + :failed, open_batches = open_batches - :done,
+    updated_at = :now
+WHERE seq = :job
+RETURNING status, sealed, total, succeeded, failed, open_batches
+
+-- == leases ===================================================================================
+
+-- name: job_status --
+SELECT seq, status FROM {prefix}jobs WHERE id = :id
+
+-- name: renew_lease --
+UPDATE {prefix}batches SET expires_at = :expires_at
+WHERE job = :job AND batch_no = :batch_no AND token = :token AND state = 'leased'
+
+-- name: release_lease --
+-- Pending again: claimable at once, in batch order with the other pending batches.
+UPDATE {prefix}batches SET state = 'pending', owner = NULL, expires_at = NULL
+WHERE job = :job AND batch_no = :batch_no AND token = :token AND state = 'leased'
+
+-- name: finish_job --
+UPDATE {prefix}jobs
+SET status = :status, completed_at = :now, updated_at = :now,
+    started_at = coalesce(started_at, :now), error_count = error_count + :errors
+WHERE seq = :job AND status IN ('pending', 'processing')
+
+-- == reading ==================================================================================
+
+-- name: job_row --
+SELECT seq, id, type, status, options, priority, retry_of, owner, source, params, sealed, total,
+    succeeded, failed, rejected, error_count, created_at, started_at, updated_at, completed_at
+FROM {prefix}jobs
+WHERE id = :id
+
+-- name: job_errors --
+SELECT item_id, error, error_type, timestamp, retry_count FROM {prefix}errors
+WHERE job = :job
+ORDER BY seq
+LIMIT :limit
+
+-- name: list_jobs --
+SELECT seq, id, type, status, options, priority, retry_of, owner, source, params, sealed, total,
+    succeeded, failed, rejected, error_count, created_at, started_at, updated_at, completed_at
+FROM {prefix}jobs
+WHERE (:status IS NULL OR status = :status) AND (:owner IS NULL OR owner = :owner)
+ORDER BY seq DESC
+LIMIT :limit OFFSET :offset
+
+-- name: outcomes_all --
+SELECT seq, item_id, ok, result, error, error_type, attempts, started_at, finished_at
+FROM {prefix}outcomes
+WHERE job = :job AND seq > :after
+ORDER BY seq
+LIMIT :limit
+
+-- name: outcomes_failed --
+SELECT seq, item_id, ok, result, error, error_type, attempts, started_at, finished_at
+FROM {prefix}outcomes
+WHERE job = :job AND ok = 0 AND seq > :after
+ORDER BY seq
+LIMIT :limit
+
+-- name: outcomes_succeeded --
+SELECT seq, item_id, ok, result, error, error_type, attempts, started_at, finished_at
+FROM {prefix}outcomes
+WHERE job = :job AND ok = 1 AND seq > :after
+ORDER BY seq
+LIMIT :limit
+
+-- name: failed_items --
+SELECT o.seq, i.item_id, i.payload
+FROM {prefix}outcomes AS o
+JOIN {prefix}items AS i ON i.job = o.job AND i.item_id = o.item_id
+WHERE o.job = :job AND o.ok = 0 AND o.seq > :after
+ORDER BY o.seq
+LIMIT :limit

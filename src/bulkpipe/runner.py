@@ -8,6 +8,7 @@ barrier. Per item there is no task, lock, stream or store call; those happen per
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -71,6 +72,21 @@ class OpenBatch:
     @property
     def startable(self) -> bool:
         return not self.closed and self.next < len(self.items)
+
+
+def _own_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the processor's failure: any Exception, or an asyncio CancelledError
+    it raised while its task was not being cancelled (a future cancelled elsewhere). Re-raised
+    instead, such an error would silently end the lane and leave its batch unfinished."""
+    if isinstance(exc, Exception):
+        return True
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio: it cannot be a cancel of this task
+        return True
+    return task is not None and task.cancelling() == 0
 
 
 def _fail(
@@ -276,6 +292,15 @@ class JobRunner:
                 else:
                     carried, held = held, False  # _run_segment releases it if it raises
                     held = await self._run_segment(batch, carried)
+                # Let others run between segments. Not before one: a lane that picked a batch
+                # and then yielded could find it emptied by another and run an empty segment.
+                try:
+                    await anyio.lowlevel.checkpoint()
+                except BaseException:
+                    if held:
+                        self._release_gate()
+                        held = False
+                    raise
         finally:
             self.lanes -= 1
             if held:
@@ -316,7 +341,6 @@ class JobRunner:
                 finally:
                     self._gate_waiting -= 1
                 held = True
-            await anyio.lowlevel.checkpoint()  # let others run between segments
             with scope:
                 items, rows, n = batch.items, batch.rows, len(batch.items)
                 while batch.next < n and not batch.closed:
@@ -398,7 +422,9 @@ class JobRunner:
                     result = await call(item)
             except PermanentError as exc:
                 return _fail(item_id, exc, type(exc).__name__, attempt, started)
-            except Exception as exc:
+            except BaseException as exc:
+                if not _own_error(exc):
+                    raise
                 if attempt > options.max_retries:
                     return _fail(item_id, exc, type(exc).__name__, attempt, started)
                 await anyio.sleep(
@@ -439,7 +465,9 @@ class JobRunner:
                                 results = await self._call_batch(args, attempt)
                         else:
                             results = await self._call_batch(args, attempt)
-                    except Exception as exc:
+                    except BaseException as exc:
+                        if not _own_error(exc):
+                            raise
                         error = exc
                     if error is None and (
                         not isinstance(results, Sequence)
@@ -548,22 +576,25 @@ class JobRunner:
         if not reports or self.ended:
             self._forget_finished()
             return
+        batches = [
+            BatchReport(lease=b.lease, outcomes=b.rows[b.flushed : n], done=done)
+            for b, n, done in reports
+        ]
+        for batch, _, done in reports:
+            if done:
+                # Nothing more to run or report; the heartbeat stops renewing it now, since
+                # the store gives its lease up as the done report commits.
+                batch.closed = True
         try:
-            progress = await self.worker.call_store(
-                self.store.record,
-                self.spec.id,
-                [
-                    BatchReport(lease=b.lease, outcomes=b.rows[b.flushed : n], done=done)
-                    for b, n, done in reports
-                ],
-            )
+            progress = await self.worker.call_store(self.store.record, self.spec.id, batches)
         except Exception:
+            for batch, _, done in reports:
+                if done:
+                    batch.closed = False
             log.exception("job %s: recording outcomes failed; will try again", self.spec.id)
             return
-        for batch, n, done in reports:
+        for batch, n, _ in reports:
             batch.flushed = n
-            if done:
-                batch.closed = True  # nothing more to do or report for it
         lost = set(progress.lost)
         for batch in self.open:
             if batch.lease.batch_no in lost:
@@ -575,7 +606,9 @@ class JobRunner:
             return
         error = failure_ratio_exceeded(progress, self.options.max_failure_ratio)
         if error is not None:
-            await self.store.finish_job(self.spec.id, JobStatus.FAILED, error)
+            await self.worker.call_store(
+                self.store.finish_job, self.spec.id, JobStatus.FAILED, error
+            )
             self.stop(ended=True)
 
     def _forget_finished(self) -> None:

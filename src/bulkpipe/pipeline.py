@@ -304,7 +304,7 @@ class Pipeline:
             if duplicates:
                 rejected = rejected + duplicate_errors(duplicates, id_key)
             for worker in self.workers:
-                worker.wake()
+                worker.wake(job_id)
         if rejected:
             await self.store.add_errors(job_id, rejected, len(rejected))
         await anyio.lowlevel.checkpoint()  # let workers start on what is in
@@ -314,7 +314,7 @@ class Pipeline:
         if await settle(self.store, job_id, progress) is not None:
             self._job_changed(job_id)
         for worker in self.workers:
-            worker.wake()
+            worker.wake(job_id)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -138,6 +138,7 @@ class JobRunner:
         self._gate_waiting = 0  # lanes queued at the gate (max_in_flight)
         self._work_tg: TaskGroup | None = None
         self._need_more = anyio.Event()
+        self._more = anyio.Event()  # set when this process adds batches to the job
         self._dirty = anyio.Event()
         self._work_scope = anyio.CancelScope()
         self._rng = random.Random()
@@ -149,6 +150,11 @@ class JobRunner:
         recorded unless the job has ``ended`` (then the store would refuse them anyway)."""
         self.ended = self.ended or ended
         self._work_scope.cancel()
+
+    def more_work(self) -> None:
+        """New batches were added to the job (in this process): claim again now."""
+        self._more.set()
+        self._more = anyio.Event()
 
     def leases(self) -> list[Lease]:
         """Leases this runner holds now (for the heartbeat)."""
@@ -259,7 +265,7 @@ class JobRunner:
             self.progress = await self.worker.call_store(self.store.record, self.spec.id, [])
             if self.progress.sealed or self.progress.status.is_terminal:
                 break
-            await self.worker.wait_for_work()
+            await self.worker.wait_for_work(self._more)
         self.exhausted = True
         self._wake_all()
 

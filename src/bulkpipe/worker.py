@@ -132,8 +132,13 @@ class Worker:
         self._stopping = True
         self.wake()
 
-    def wake(self) -> None:
-        """Tell the worker there may be new work (a submit in this process)."""
+    def wake(self, job_id: str | None = None) -> None:
+        """Tell the worker there may be new work (a submit in this process). New batches of a
+        job it already runs only wake that job's runner, not the claim loop."""
+        runner = self.runners.get(job_id) if job_id is not None else None
+        if runner is not None:
+            runner.more_work()
+            return
         self._wake.set()
         self._wake = anyio.Event()
 
@@ -222,10 +227,10 @@ class Worker:
             job_id=job_id,
         )
 
-    async def wait_for_work(self) -> None:
+    async def wait_for_work(self, event: anyio.Event | None = None) -> None:
         """Sleep until woken (new work in this process) or the poll interval passes."""
         with anyio.move_on_after(self.poll_interval):
-            await self._wake.wait()
+            await (event or self._wake).wait()
 
     async def stop_job(self, job_id: str) -> None:
         """Stop running a job here (it is being cancelled): cancel its items, record what

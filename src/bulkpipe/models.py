@@ -78,17 +78,19 @@ class Job(BaseModel):
     processed_items: int
     succeeded_items: int
     failed_items: int
-    rejected_items: int = Field(0, description="Submitted items refused (no id, repeated id...).")
+    rejected_items: int = Field(
+        default=0, description="Submitted items refused (no id, repeated id...)."
+    )
     errors: list[ProcessingError] = Field(description="The first errors, capped; see error_count.")
     error_count: int
-    result: JobSummary | None = Field(None, description="Set once the job is terminal.")
+    result: JobSummary | None = Field(default=None, description="Set once the job is terminal.")
     options: JobOptions
     priority: int = 0
     retry_of: str | None = None
-    owner: str | None = Field(None, description="An owner or tenant tag set at submit.")
+    owner: str | None = Field(default=None, description="An owner or tenant tag set at submit.")
     source: str | None = None
     params: dict[str, Any] | None = None
-    sealed: bool = Field(False, description="True once every item has been submitted.")
+    sealed: bool = Field(default=False, description="True once every item has been submitted.")
     created_at: datetime
     started_at: datetime | None = None
     updated_at: datetime | None = None

@@ -17,29 +17,39 @@ class JobOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     batch_size: int = Field(
-        100, ge=1, le=100_000, description="Items claimed and recorded together."
+        default=100, ge=1, le=100_000, description="Items claimed and recorded together."
     )
-    concurrency: int = Field(5, ge=1, le=10_000, description="Batches in flight per worker.")
+    concurrency: int = Field(
+        default=5, ge=1, le=10_000, description="Batches in flight per worker."
+    )
     item_concurrency: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Cap on items in flight per batch; default: the whole batch.",
     )
-    max_retries: int = Field(3, ge=0, le=100, description="Retries after the first attempt.")
-    retry_delay: float = Field(1.0, ge=0, description="Base backoff delay in seconds.")
-    retry_delay_max: float = Field(30.0, ge=0, description="Cap on one backoff delay in seconds.")
-    timeout: float = Field(300.0, gt=0, description="Seconds a batch may run once claimed.")
-    item_timeout: float | None = Field(None, gt=0, description="Seconds one attempt may run.")
+    max_retries: int = Field(
+        default=3, ge=0, le=100, description="Retries after the first attempt."
+    )
+    retry_delay: float = Field(default=1.0, ge=0, description="Base backoff delay in seconds.")
+    retry_delay_max: float = Field(
+        default=30.0, ge=0, description="Cap on one backoff delay in seconds."
+    )
+    timeout: float = Field(default=300.0, gt=0, description="Seconds a batch may run once claimed.")
+    item_timeout: float | None = Field(
+        default=None, gt=0, description="Seconds one attempt may run."
+    )
     progress_interval: float = Field(
-        2.0, gt=0, le=3600, description="Most seconds the stored progress may lag behind."
+        default=2.0, gt=0, le=3600, description="Most seconds the stored progress may lag behind."
     )
     max_failure_ratio: float | None = Field(
-        None,
+        default=None,
         gt=0,
         le=1,
         description="Fail the job once this share of its items has failed.",
     )
-    id_key: str = Field("id", min_length=1, description="The item key that holds its unique id.")
+    id_key: str = Field(
+        default="id", min_length=1, description="The item key that holds its unique id."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -200,8 +200,10 @@ class JobRunner:
             unfinished = [b.lease for b in self.open if not b.closed]
             if unfinished and not self.ended:
                 await self.worker.call_store(self.store.release, unfinished)
-            progress = self.progress
-            if progress is not None and not self.ended and not unfinished:
+            if not self.ended and not unfinished:
+                # Read afresh: a read that overlapped our last write may have returned counts
+                # from before it, and settling on those would leave the job unfinished.
+                progress = await self.worker.call_store(self.store.record, self.spec.id, [])
                 await settle(self.store, self.spec.id, progress)
 
     # -- claiming ---------------------------------------------------------------------------
@@ -262,8 +264,8 @@ class JobRunner:
                 self._add(claimed, work)
                 continue
             # Nothing to claim now: either every item is in (we are done) or more may come.
-            self.progress = await self.worker.call_store(self.store.record, self.spec.id, [])
-            if self.progress.sealed or self.progress.status.is_terminal:
+            progress = await self.worker.call_store(self.store.record, self.spec.id, [])
+            if progress.sealed or progress.status.is_terminal:
                 break
             await self.worker.wait_for_work(self._more)
         self.exhausted = True

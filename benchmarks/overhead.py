@@ -416,7 +416,18 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far, in bytes."""
+    """Peak resident set size of this program since it was exec'd, in bytes.
+
+    ``VmHWM`` where ``/proc`` has it: on Linux a child's ``ru_maxrss`` starts from its
+    parent's peak at fork, which would inflate a fresh child's figure.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # KiB on Linux
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,7 +21,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from fastapi import HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 
 from bulkpipe import (
     JobOptions,
@@ -73,13 +75,15 @@ def make_pipeline(store: JobStore | None = None, **kwargs: Any) -> Pipeline:
 async def serving(
     pipeline: Pipeline | None = None, **app_options: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Pipeline]]:
-    """A running pipeline and an httpx client on an app over it."""
+    """A running pipeline and an httpx client on an app over it; the test fails (rather than
+    hangs) if it takes too long, e.g. an event stream whose job never ends."""
     pipeline = pipeline or make_pipeline()
-    async with pipeline:
-        app = create_app(pipeline, **app_options)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client, pipeline
+    with anyio.fail_after(PATIENCE * 3):
+        async with pipeline:
+            app = create_app(pipeline, **app_options)
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                yield client, pipeline
 
 
 def events(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -313,13 +317,14 @@ async def test_invalid_json_and_query_values_are_422() -> None:
             "/jobs", content=b'{"processor": ', headers={"content-type": "application/json"}
         )
         assert problem_of(bad, 422)["errors"][0]["type"] == "json_invalid"
-        for path, params, loc in [
+        cases: list[tuple[str, dict[str, str | int], list[str]]] = [
             ("/jobs", {"status": "sleeping"}, ["query", "status"]),
             ("/jobs", {"limit": 0}, ["query", "limit"]),
             ("/jobs/x/outcomes", {"cursor": "-1"}, ["query", "cursor"]),
             ("/jobs/x/outcomes", {"status": "maybe"}, ["query", "status"]),
             ("/jobs/x/events", {"interval": 0}, ["query", "interval"]),
-        ]:
+        ]
+        for path, params, loc in cases:
             problem = problem_of(await client.get(path, params=params), 422)
             assert problem["errors"][0]["loc"] == loc
 
@@ -528,6 +533,30 @@ async def test_failures_are_problems_without_details(error: Exception, status: i
         assert "server log" in problem["detail"]
 
 
+class FailingLater(MemoryStore):
+    """A store whose job reads fail after two (the submit's and the route's)."""
+
+    reads = 0
+
+    async def get_job(self, job_id: str) -> Any:
+        self.reads += 1
+        if self.reads > 2:
+            raise StoreError("the database went away")
+        return await super().get_job(job_id)
+
+
+async def test_a_store_failure_mid_stream_ends_it_with_an_error_event() -> None:
+    store = FailingLater()
+    async with serving(make_pipeline(store, workers=0)) as (client, pipeline):
+        job = await pipeline.submit("echo", [{"id": 1}])
+        response = await client.get(f"/jobs/{job.id}/events")
+        assert response.status_code == 200
+        [(name, data)] = events(response.text)
+        assert name == "error"
+        assert "server log" in data["detail"]
+        assert "database" not in response.text
+
+
 async def test_an_app_without_its_pipeline_running_is_503() -> None:
     app = create_app(make_pipeline())
     transport = httpx.ASGITransport(app=app)
@@ -591,3 +620,58 @@ def test_create_app_checks_its_arguments() -> None:
         create_app(make_pipeline(), workers=2)
     with pytest.raises(ValueError, match="must be positive"):
         create_app(MemoryStore(), max_items=0)
+
+
+async def test_mounted_in_a_host_app_with_the_pipeline_in_the_hosts_lifespan() -> None:
+    pipeline = make_pipeline()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with pipeline:
+            yield
+
+    host = FastAPI(lifespan=lifespan)
+    host.mount("/bulk", create_app(pipeline, auth=bearer_auth))
+    transport = httpx.ASGITransport(app=host)
+    async with (
+        host.router.lifespan_context(host),
+        httpx.AsyncClient(transport=transport, base_url="http://api") as client,
+    ):
+        response = await client.post(
+            "/bulk/jobs", headers=as_("acme-token"), json={"processor": "echo", "items": []}
+        )
+        assert response.status_code == 201
+        assert response.headers["location"] == f"http://api/bulk/jobs/{response.json()['id']}"
+        problem_of(await client.get("/bulk/jobs"), 401)
+        document = await client.get("/bulk/openapi.json")
+        assert document.json()["servers"] == [{"url": "/bulk"}]
+        docs = await client.get("/bulk/docs")
+        assert "/bulk/openapi.json" in docs.text
+
+
+def test_public_names() -> None:
+    import bulkpipe.http
+
+    assert set(bulkpipe.http.__all__) == {
+        "ANONYMOUS",
+        "DEFAULT_MAX_BODY_BYTES",
+        "DEFAULT_MAX_ITEMS",
+        "AuthCallable",
+        "Principal",
+        "create_app",
+        "serve",
+    }
+    assert all(hasattr(bulkpipe.http, name) for name in bulkpipe.http.__all__)
+
+
+def test_without_the_extra_the_import_names_it() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['fastapi'] = None\n"
+        "try:\n"
+        "    import bulkpipe.http\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'bulkpipe[http]'" in out.stdout

@@ -10,6 +10,8 @@ for a deeper run (150 per operation, on SQLite and PostgreSQL too, found nothing
 
 from __future__ import annotations
 
+from typing import Any
+
 import schemathesis
 from fastapi import Request
 from hypothesis import HealthCheck, settings
@@ -18,7 +20,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from bulkpipe.http import Principal, create_app
 from bulkpipe.stores import MemoryStore
 
-EXCLUDED = [positive_data_acceptance]
+EXCLUDED: list[schemathesis.CheckFunction] = [positive_data_acceptance]
 FAST = settings(
     max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
@@ -42,11 +44,11 @@ guarded_api.config.phases.coverage.enabled = False
 
 @open_api.parametrize()
 @FAST
-def test_open_api_conforms(case: schemathesis.Case) -> None:
+def test_open_api_conforms(case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(excluded_checks=EXCLUDED)
 
 
 @guarded_api.parametrize()
 @FAST
-def test_guarded_api_conforms(case: schemathesis.Case) -> None:
+def test_guarded_api_conforms(case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(headers={"authorization": "Bearer acme"}, excluded_checks=EXCLUDED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -45,8 +46,9 @@ def uvicorn_in_a_thread() -> Iterator[str]:
     async def main() -> None:
         pipeline = Pipeline(MemoryStore(), processors={"tick": tick, "stuck": stuck})
         async with pipeline:
+            # log_config=None: uvicorn's records reach pytest's log capture.
             config = uvicorn.Config(
-                create_app(pipeline), lifespan="off", log_level="warning", ws="none"
+                create_app(pipeline), lifespan="off", log_config=None, log_level="info", ws="none"
             )
             servers.append(uvicorn.Server(config))
             await servers[0].serve(sockets=[sock])
@@ -91,7 +93,7 @@ def follow(client: httpx.Client, job_id: str, interval: float) -> list[tuple[flo
     return seen
 
 
-def test_submit_follow_and_cancel_on_uvicorn() -> None:
+def test_submit_follow_and_cancel_on_uvicorn(caplog: pytest.LogCaptureFixture) -> None:
     with uvicorn_in_a_thread() as url, httpx.Client(base_url=url, timeout=PATIENCE) as client:
         options = {"batch_size": 2, "concurrency": 1, "progress_interval": 0.05}
         items = [{"id": n} for n in range(20)]
@@ -111,11 +113,18 @@ def test_submit_follow_and_cancel_on_uvicorn() -> None:
         )
 
         other = client.post("/jobs", json={"processor": "stuck", "items": [{"id": 1}]}).json()
+        # A client that leaves a stream early ends it on the server, without errors.
+        with client.stream("GET", f"/jobs/{other['id']}/events") as response:
+            first = next(response.iter_lines())
+            assert first == "event: progress"
         cancelled = client.delete(f"/jobs/{other['id']}")
         assert cancelled.status_code == 200
         assert cancelled.json()["status"] == "cancelled"
         assert client.delete(f"/jobs/{other['id']}").status_code == 409
         assert [name for _, name, _ in follow(client, other["id"], 1.0)] == ["end"]
+    assert any(r.name.startswith("uvicorn") for r in caplog.records)  # the log is captured
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 def free_port() -> int:

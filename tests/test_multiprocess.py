@@ -74,9 +74,12 @@ def test_sigkill_at_random_points_loses_nothing(store_url: str, tmp_path: Path) 
         time.sleep(rng.uniform(0.0, 0.35))
         worker.kill()
     survivor = WorkerProcess(store_url, tmp_path, lease_timeout=1.0)
-    survivor.ready()
-    job = wait_terminal(store_url, job_id, timeout=120)
-    assert survivor.terminate() == 0, survivor.err
+    try:
+        survivor.ready()
+        job = wait_terminal(store_url, job_id, timeout=120)
+    finally:
+        code = survivor.terminate()
+    assert code == 0, survivor.err
 
     assert job.status is JobStatus.COMPLETED
     assert (job.succeeded_items, job.failed_items, job.total_items) == (n, 0, n)

@@ -15,6 +15,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .gate import PriorityGate
+from .lifecycle import settle
 from .models import JobStatus, ProcessingError
 from .processors import ProcessorRegistry
 from .runner import JobRunner
@@ -249,8 +250,15 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         interval = min(self.lease_timeout / 3, 1.0)
+        next_sweep = anyio.current_time() + self.lease_timeout
         while True:
             await anyio.sleep(interval)
+            if anyio.current_time() >= next_sweep:
+                next_sweep = anyio.current_time() + self.lease_timeout
+                try:
+                    await self._settle_orphans()
+                except Exception:
+                    log.exception("worker %s: looking for unsettled jobs failed", self.worker_id)
             leases = [lease for runner in self.runners.values() for lease in runner.leases()]
             if not leases:
                 continue
@@ -264,3 +272,25 @@ class Worker:
                     runner.stop(ended=True)
                 elif result.lost:
                     runner.lose([lease for lease in result.lost if lease.job_id == runner.spec.id])
+
+    async def _settle_orphans(self) -> None:
+        """Complete jobs whose every batch is done but whose final status was never written
+        (the worker that recorded the last batch died before it could write it)."""
+        offset, page = 0, 100
+        while True:
+            jobs = await self.store.list_jobs(
+                status=JobStatus.PROCESSING, limit=page, offset=offset
+            )
+            for job in jobs:
+                if job.id in self._running_jobs or not job.sealed:
+                    continue
+                if job.processed_items < job.total_items:
+                    continue
+                progress = await self.store.record(job.id, [])
+                if await settle(self.store, job.id, progress) is not None:
+                    log.info("worker %s: completed job %s left unsettled", self.worker_id, job.id)
+                    if self.on_job_end is not None:
+                        self.on_job_end(job.id)
+            if len(jobs) < page:
+                return
+            offset += page

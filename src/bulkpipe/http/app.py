@@ -123,7 +123,6 @@ def create_app(
     routes = _Routes(app, pipeline, auth, max_items)
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.state.bulkpipe_pipeline = pipeline
     app.state.bulkpipe_end_streams = routes.end_streams.set
     return app
 

@@ -4,7 +4,10 @@ objects (standing in for processes) on one file."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -189,8 +192,8 @@ def _permissions_bind() -> bool:
 @pytest.mark.anyio
 @pytest.mark.skipif(
     not _permissions_bind(),
-    reason="this process may write read-only files (root); to run it as root: "
-    "setpriv --bounding-set=-dac_override,-dac_read_search .venv/bin/pytest ...",
+    reason="root writes read-only files anyway; "
+    "test_a_read_only_file_is_refused_when_root_drops_its_override covers it",
 )
 @pytest.mark.parametrize("folder_too", [False, True])
 async def test_a_read_only_file_is_refused(tmp_path: Path, folder_too: bool) -> None:
@@ -204,6 +207,61 @@ async def test_a_read_only_file_is_refused(tmp_path: Path, folder_too: bool) -> 
             await _opened(path)
     finally:
         os.chmod(tmp_path, 0o755)
+
+
+_READ_ONLY_CHECK = """
+import anyio, os, sys
+from bulkpipe import StoreError
+from bulkpipe.stores import SQLiteStore
+
+async def main(path, folder_too):
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    os.chmod(path, 0o444)
+    if folder_too:
+        os.chmod(os.path.dirname(path), 0o555)
+    try:
+        await SQLiteStore(path).open()
+    except StoreError as exc:
+        print("refused:", exc)
+    else:
+        print("opened")
+
+anyio.run(main, sys.argv[1], sys.argv[2] == "1")
+"""
+
+
+@pytest.mark.skipif(
+    _permissions_bind() or shutil.which("setpriv") is None,
+    reason="runs as root with setpriv; without root the test above covers it",
+)
+@pytest.mark.parametrize("folder_too", [False, True])
+def test_a_read_only_file_is_refused_when_root_drops_its_override(
+    tmp_path: Path, folder_too: bool
+) -> None:
+    # Root writes read-only files anyway; dropping CAP_DAC_OVERRIDE makes it see them as such.
+    folder = tmp_path / "db"
+    folder.mkdir()
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            sys.executable,
+            "-c",
+            _READ_ONLY_CHECK,
+            str(folder / "jobs.db"),
+            "1" if folder_too else "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    os.chmod(folder, 0o755)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("refused:"), done.stdout
+    assert "read-only" in done.stdout
 
 
 @pytest.mark.anyio

@@ -421,3 +421,26 @@ async def test_a_submit_only_pipeline_accepts_any_processor_name() -> None:
         job = await p.submit("runs-elsewhere", make_items(2))
         assert job.status is JobStatus.PENDING
         assert job.total_items == 2
+
+
+async def test_a_hung_sync_processor_times_out_without_holding_up_the_job() -> None:
+    release = threading.Event()
+
+    def stuck(item: Mapping[str, Any]) -> int:
+        if item["n"] == 0:
+            release.wait(PATIENCE)  # far longer than item_timeout
+        return 1
+
+    try:
+        async with Pipeline(processors={"stuck": stuck}) as pipeline:
+            job = await pipeline.submit(
+                "stuck", make_items(4), options=quick(item_timeout=0.1, max_retries=0)
+            )
+            with anyio.fail_after(PATIENCE / 2):
+                job = await pipeline.wait(job.id)
+            outcomes = await outcome_map(pipeline, job.id)
+    finally:
+        release.set()
+    assert job.status is JobStatus.COMPLETED
+    assert outcomes["item-0"].error_type == "TimeoutError"
+    assert {o.status for k, o in outcomes.items() if k != "item-0"} == {ItemStatus.SUCCEEDED}

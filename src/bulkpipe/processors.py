@@ -108,7 +108,9 @@ def _threaded(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     """Run a sync processor in anyio's worker threads (bounded by its default limiter)."""
 
     async def call(*args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+        # Abandoned on cancel: a hung call cannot hold up cancel() or a timeout (the thread
+        # itself runs on to its end; Python cannot stop a thread).
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), abandon_on_cancel=True)
 
     return call
 

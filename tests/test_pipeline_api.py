@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,6 +23,8 @@ from bulkpipe import (
     PipelineClosed,
     WaitTimeout,
 )
+from bulkpipe.store import EncodedItem
+from bulkpipe.stores import MemoryStore, SQLiteStore
 
 from .helpers import PATIENCE, QUICK, Tracker, eventually, make_items, outcome_map, quick
 
@@ -64,20 +67,31 @@ async def test_submit_a_list() -> None:
         await expect_all_doubled(p, job, 25)
 
 
-async def test_submit_a_generator_is_read_lazily() -> None:
-    pulled: list[int] = []
+async def test_submit_a_generator_is_streamed_not_read_whole() -> None:
+    count = 20_000  # far more than the few batches a submit may read ahead of the store
+    calls = 0
+    read_before_first_call: int | None = None
+
+    async def counted(item: Mapping[str, Any]) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        return await double(item)
 
     def generate() -> Iterator[dict[str, Any]]:
-        for item in make_items(30):
-            pulled.append(item["n"])
+        nonlocal read_before_first_call
+        for n, item in enumerate(make_items(count)):
+            if calls and read_before_first_call is None:
+                read_before_first_call = n
             yield item
 
-    async with pipeline() as p:
-        stream = generate()
-        assert pulled == []  # nothing read before submit
-        job = await p.submit("double", stream, options=quick(batch_size=4))
-        assert pulled == list(range(30))
-        await expect_all_doubled(p, job, 30)
+    async with pipeline(processors={"counted": counted}) as p:
+        job = await p.submit("counted", generate(), options=quick(batch_size=100))
+        job = await p.wait(job.id, timeout=PATIENCE)
+        assert job.succeeded_items == count
+    # Items were stored and running while the iterable was still being read: the read-ahead
+    # is bounded, never the whole iterable.
+    assert read_before_first_call is not None
+    assert read_before_first_call < count // 2
 
 
 async def test_submit_an_async_generator() -> None:
@@ -89,6 +103,71 @@ async def test_submit_an_async_generator() -> None:
     async with pipeline() as p:
         job = await p.submit("double", generate(), options=quick(batch_size=5))
         await expect_all_doubled(p, job, 12)
+
+
+class CallLog(MemoryStore):
+    """A memory store that notes, per add_batches call, its batch sizes and the items read."""
+
+    def __init__(self, read: list[int]) -> None:
+        super().__init__()
+        self.read = read
+        self.calls: list[tuple[int, list[int]]] = []  # (items read by then, batch sizes)
+
+    async def add_batches(self, job_id: str, batches: Sequence[Sequence[EncodedItem]]) -> list[str]:
+        self.calls.append((self.read[0], [len(b) for b in batches]))
+        return await super().add_batches(job_id, batches)
+
+
+async def test_submit_stores_a_fast_source_several_batches_per_call() -> None:
+    read = [0]
+
+    def generate() -> Iterator[dict[str, Any]]:
+        for item in make_items(3_000):
+            read[0] += 1
+            yield item
+
+    store = CallLog(read)
+    async with pipeline(store=store) as p:
+        job = await p.submit("double", generate(), options=quick(batch_size=100))
+        await expect_all_doubled(p, job, 3_000)
+    sizes = [size for _, batches in store.calls for size in batches]
+    assert sizes == [100] * 30
+    # The first batch goes at once, then up to 1,000 items a call, with never more than two
+    # calls' worth (and the batch being read) held back.
+    assert [len(batches) for _, batches in store.calls][:2] == [1, 10]
+    assert all(len(batches) <= 10 for _, batches in store.calls)
+    stored = 0
+    for read_by_then, batches in store.calls:
+        assert read_by_then - stored <= 2_100
+        stored += sum(batches)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_slow_source_has_items_running_before_it_ends(kind: str, tmp_path: Path) -> None:
+    processed = 0
+
+    async def counted(item: Mapping[str, Any]) -> int:
+        nonlocal processed
+        processed += 1
+        return 1
+
+    async with pipeline(
+        store=MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "jobs.db"),
+        processors={"counted": counted},
+    ) as p:
+
+        async def slow() -> AsyncIterator[dict[str, Any]]:
+            for item in make_items(30):
+                await anyio.sleep(0.001)
+                yield item
+            # Not exhausted yet: every batch was stored, and has run, without waiting for
+            # a store call's worth of items.
+            await eventually(lambda: processed == 30, "the items to run before the source ends")
+            jobs = await p.list_jobs(limit=1)
+            await eventually(lambda: has_outcomes(p, jobs[0].id, 30), "their outcomes")
+
+        job = await p.submit("counted", slow(), options=quick(batch_size=5))
+        assert (await p.wait(job.id, timeout=PATIENCE)).succeeded_items == 30
 
 
 async def test_submit_from_a_registered_source_with_params() -> None:

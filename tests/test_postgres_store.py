@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import hypothesis
 import psycopg
 import pytest
 
@@ -72,7 +73,18 @@ class TestPostgresStore(StoreContract):
             yield store
 
 
-TestPostgresStateful = store_state_machine(lambda: empty_store(PREFIX), backend="asyncio")
+#: Asyncio only, and fewer examples than the default: every step is a database round trip,
+#: and the contract tests above already run every call on trio.
+TestPostgresStateful = store_state_machine(
+    lambda: empty_store(PREFIX),
+    backend="asyncio",
+    settings=hypothesis.settings(
+        max_examples=20,
+        stateful_step_count=30,
+        deadline=None,
+        suppress_health_check=[hypothesis.HealthCheck.too_slow],
+    ),
+)
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -252,7 +264,7 @@ async def test_writes_retried_after_a_lost_commit_are_not_doubled(
     retries it, and the retry must change nothing more."""
     async with empty_store(PREFIX) as store:
         lost_once: set[str] = set()
-        for name in ("_create_job", "_add_batch", "_add_errors", "_record"):
+        for name in ("_create_job", "_add_batches", "_add_errors", "_record"):
             original = getattr(PostgresStore, name)
 
             def after_commit(
@@ -267,15 +279,19 @@ async def test_writes_retried_after_a_lost_commit_are_not_doubled(
             monkeypatch.setattr(PostgresStore, name, after_commit)
         job = make_job()
         await store.create_job(job)
-        assert await store.add_batch(job.id, [*encoded(3), encoded(1)[0]]) == ["item-0"]
+        batches = [[*encoded(3), encoded(1)[0]], encoded(1), encoded(2, 3)]
+        assert await store.add_batches(job.id, batches) == ["item-0", "item-0"]
+        assert await store.add_batch(job.id, encoded(2, 4)) == ["item-4"]  # numbered on
         await store.add_errors(job.id, [job_error("x")], rejected=1)
-        claimed = await claim(store)
-        progress = await store.record(job.id, [report(claimed)])
-        assert (progress.lost, progress.succeeded, progress.open_batches) == ((), 3, 0)
+        claims = [await claim(store) for _ in range(3)]
+        assert [c.lease.batch_no for c in claims] == [0, 1, 2]
+        assert [len(c.items) for c in claims] == [3, 2, 1]
+        progress = await store.record(job.id, [report(claims[0])])
+        assert (progress.lost, progress.succeeded, progress.open_batches) == ((), 3, 2)
         got = await store.get_job(job.id)
-        assert (got.total_items, got.rejected_items, got.error_count) == (3, 1, 1)
+        assert (got.total_items, got.rejected_items, got.error_count) == (6, 1, 1)
         assert len(await read_all_outcomes(store, job.id)) == 3
-        assert lost_once == {"_create_job", "_add_batch", "_add_errors", "_record"}
+        assert lost_once == {"_create_job", "_add_batches", "_add_errors", "_record"}
 
 
 @pytest.mark.anyio

@@ -7,6 +7,7 @@ ordering wherever they can, not on wall-clock durations.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -279,6 +280,31 @@ async def test_cancel_stops_new_calls_cancels_in_flight_and_keeps_outcomes() -> 
         assert caught.value.job_id == job.id
 
 
+async def test_cancel_cancels_an_in_flight_process_batch_call() -> None:
+    observed: list[str] = []
+    calls = 0
+
+    class Hangs:
+        async def process_batch(self, items: list[Mapping[str, Any]]) -> list[int]:
+            nonlocal calls
+            calls += 1
+            try:
+                await anyio.sleep_forever()
+            finally:
+                observed.append("cancelled")
+            raise AssertionError("unreachable")
+
+    async with Pipeline(processors={"p": Hangs()}, default_options=QUICK) as p:
+        job = await p.submit("p", make_items(12), options=quick(batch_size=3, concurrency=2))
+        await eventually(lambda: calls == 2, "two batch calls in flight")
+        job = await p.cancel(job.id)
+        assert observed == ["cancelled", "cancelled"]
+        await anyio.sleep(0.2)
+        assert calls == 2
+        assert job.status is JobStatus.CANCELLED
+        assert job.processed_items == 0
+
+
 async def test_cancel_leaves_other_jobs_running() -> None:
     release = anyio.Event()
     tracker = Tracker()
@@ -529,6 +555,48 @@ async def test_a_processor_returning_none_succeeds_with_none() -> None:
     assert {o.result for o in outcomes.values()} == {None}
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio code cannot raise Cancelled
+@pytest.mark.parametrize("batched", [False, True])
+async def test_a_cancelled_error_raised_by_the_processor_fails_only_that_item(
+    batched: bool,
+) -> None:
+    # asyncio code raises CancelledError when it awaits a future cancelled elsewhere; that is
+    # an error of the item, not a cancel of the job (which would end the lane and hang the job).
+    calls: dict[str, int] = {}
+
+    def outcome(item: Mapping[str, Any]) -> Any:
+        calls[item["id"]] = calls.get(item["id"], 0) + 1
+        if item["n"] == 1 or (item["n"] == 2 and calls[item["id"]] == 1):
+            return asyncio.CancelledError()
+        return 1
+
+    async def single(item: Mapping[str, Any]) -> int:
+        result = outcome(item)
+        if isinstance(result, BaseException):
+            raise result
+        return int(result)
+
+    class Batch:
+        async def process_batch(self, items: list[Mapping[str, Any]]) -> list[int]:
+            results = [outcome(item) for item in items]
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return results
+
+    processor: object = Batch() if batched else single
+    job, outcomes = await run(processor, make_items(4), batch_size=4, max_retries=1)
+    assert job.status is JobStatus.COMPLETED
+    assert outcomes["item-1"].status is ItemStatus.FAILED
+    assert outcomes["item-1"].error_type == "CancelledError"
+    if batched:  # the whole call failed: every item of it, after its retry
+        assert {o.status for o in outcomes.values()} == {ItemStatus.FAILED}
+    else:
+        assert outcomes["item-2"].status is ItemStatus.SUCCEEDED
+        assert outcomes["item-2"].attempts == 2
+        assert job.succeeded_items == 3
+
+
 def raises_midway(count: int) -> Iterator[dict[str, Any]]:
     """``count`` good items, then an error."""
     yield from make_items(count)
@@ -699,8 +767,10 @@ async def test_higher_priority_items_start_first_once_the_bound_is_reached() -> 
             "p", make_items(10, "low-"), options=quick(batch_size=5, concurrency=2)
         )
         await eventually(lambda: len(starts) == 2, "the low job to fill the gate")
+        # Two batches, both claimed at once: between a job's batches, while the next one is
+        # being claimed, one lower-priority item may start (documented in concepts.md).
         high = await p.submit(
-            "p", make_items(9, "high-"), options=quick(batch_size=3, concurrency=2), priority=5
+            "p", make_items(9, "high-"), options=quick(batch_size=5, concurrency=2), priority=5
         )
         await eventually(lambda: status_is(p, high.id, JobStatus.PROCESSING), "a high claim")
         await anyio.sleep(0.1)  # let its lanes queue at the gate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -36,6 +36,13 @@ from .worker import Worker
 Source = Callable[[Mapping[str, Any]], AsyncIterable[Mapping[str, Any]]]
 
 _POLL_MIN, _POLL_MAX = 0.005, 0.25
+
+#: Items one store call adds at most (at least one batch), when they arrive faster than the
+#: store takes them.
+_ADD_ITEMS = 1000
+
+#: A batch of encoded items and the errors of the items of its chunk that were refused.
+_Encoded = tuple[list[EncodedItem], list[ProcessingError]]
 
 
 class Pipeline:
@@ -258,12 +265,61 @@ class Pipeline:
     async def _fill(
         self, job_id: str, stream: Iterable[Any] | AsyncIterable[Any], options: JobOptions
     ) -> None:
+        # Reading and storing overlap (group commit). The first batch is stored at once, so
+        # that the job starts at once; after it, each store call takes every batch read since
+        # the last call, up to _ADD_ITEMS items. Reading goes on without yielding until the
+        # source waits or a call's worth is waiting, so a fast source costs few round trips
+        # and a slow one still has its batches stored as soon as it waits. At most two calls'
+        # worth (and the batch being read) is held: the call being stored and the next one.
+        per_call = max(1, _ADD_ITEMS // options.batch_size)
+        send, receive = anyio.create_memory_object_stream[_Encoded](per_call)
         position = 0
+        failure: Exception | None = None
+
+        async def next_group() -> list[_Encoded]:
+            """The batches read since the last call, up to a call's worth, waiting for the
+            first one; [] once every item is read."""
+            try:
+                group = [await receive.receive()]
+            except anyio.EndOfStream:
+                return []
+            with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                while len(group) < per_call:
+                    group.append(receive.receive_nowait())
+            return group
+
+        async def store_batches() -> None:
+            nonlocal failure
+            with receive:
+                try:
+                    while group := await next_group():
+                        await self._add(job_id, group, options.id_key)
+                except Exception as exc:
+                    failure = exc
+                    tg.cancel_scope.cancel()
+
         try:
-            async for chunk in chunked(stream, options.batch_size):
-                encoded, rejected = encode_items(chunk, options.id_key, position)
-                position += len(chunk)
-                await self._add(job_id, encoded, rejected, options.id_key)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store_batches)
+                try:
+                    with send:
+                        async for chunk in chunked(stream, options.batch_size):
+                            batch = encode_items(chunk, options.id_key, position)
+                            first = position == 0
+                            position += len(chunk)
+                            if first:  # stored at once, so that the job starts at once
+                                await self._add(job_id, [batch], options.id_key)
+                                continue
+                            try:
+                                send.send_nowait(batch)
+                            except anyio.WouldBlock:  # a call's worth is waiting already
+                                await send.send(batch)
+                except Exception as exc:
+                    if failure is None:  # else the stream broke because a store call failed
+                        failure = exc
+                    tg.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         except Exception as exc:
             await self._abandon(
                 job_id,
@@ -292,22 +348,18 @@ class Pipeline:
         await self.store.finish_job(job_id, JobStatus.FAILED, error)
         self._job_changed(job_id)
 
-    async def _add(
-        self,
-        job_id: str,
-        encoded: list[EncodedItem],
-        rejected: list[ProcessingError],
-        id_key: str,
-    ) -> None:
+    async def _add(self, job_id: str, batches: Sequence[_Encoded], id_key: str) -> None:
+        """Store the batches in one call, then the errors of their refused items in one."""
+        rejected = [error for _, errors in batches for error in errors]
+        encoded = [items for items, _ in batches if items]
         if encoded:
-            duplicates = await self.store.add_batch(job_id, encoded)
+            duplicates = await self.store.add_batches(job_id, encoded)
             if duplicates:
-                rejected = rejected + duplicate_errors(duplicates, id_key)
+                rejected += duplicate_errors(duplicates, id_key)
             for worker in self.workers:
                 worker.wake(job_id)
         if rejected:
             await self.store.add_errors(job_id, rejected, len(rejected))
-        await anyio.lowlevel.checkpoint()  # let workers start on what is in
 
     async def _seal(self, job_id: str) -> None:
         progress = await self.store.seal_job(job_id)
@@ -427,10 +479,17 @@ class Pipeline:
         retry = self._new_job(job.type, opts, job.priority, retry_of=job_id, owner=job.owner)
         await self.store.create_job(retry)
         cursor: int | None = None
+        size = opts.batch_size
         while True:
-            page = await self.store.read_failed_items(job_id, cursor=cursor, limit=opts.batch_size)
+            page = await self.store.read_failed_items(
+                job_id, cursor=cursor, limit=size * max(1, _ADD_ITEMS // size)
+            )
             if page.rows:
-                await self._add(retry.id, page.rows, [], opts.id_key)
+                batches: list[_Encoded] = [
+                    (page.rows[i : i + size], []) for i in range(0, len(page.rows), size)
+                ]
+                await self._add(retry.id, batches, opts.id_key)
+                await anyio.lowlevel.checkpoint()  # let workers start on what is in
             if page.cursor is None:
                 break
             cursor = page.cursor

@@ -124,7 +124,13 @@ class JobStore(Protocol):
         """Persist a new job (status pending, not sealed, no items)."""
 
     async def add_batch(self, job_id: str, items: Sequence[EncodedItem]) -> list[str]:
-        """Append one batch of items; return the ids refused because the job already has them."""
+        """Append one batch of items; return the ids refused because the job already has them
+        (or repeated within the call). A batch whose items are all refused creates no batch."""
+
+    async def add_batches(self, job_id: str, batches: Sequence[Sequence[EncodedItem]]) -> list[str]:
+        """Append batches in order, each as add_batch would (its own batch number; a batch whose
+        items are all refused creates no batch), in one transaction where the store has them;
+        return every refused id, in order."""
 
     async def add_errors(
         self, job_id: str, errors: Sequence[ProcessingError], rejected: int

@@ -276,6 +276,7 @@ _GHOST_LEASE = Lease(job_id=_UNKNOWN, batch_no=0, token=1)
 
 _JOB_ID_CALLS: dict[str, Callable[[JobStore], Awaitable[object]]] = {
     "add_batch": lambda s: s.add_batch(_UNKNOWN, encoded(1)),
+    "add_batches": lambda s: s.add_batches(_UNKNOWN, [encoded(1), encoded(1, 1)]),
     "add_errors": lambda s: s.add_errors(_UNKNOWN, [job_error()], 1),
     "seal_job": lambda s: s.seal_job(_UNKNOWN),
     "record": lambda s: s.record(_UNKNOWN, [report(_GHOST_LEASE, [ok_row("item-0")])]),
@@ -481,6 +482,76 @@ class StoreContract:
         job = await add_job(store, encoded(2))
         before, _ = await store.finish_job(job.id, JobStatus.CANCELLED)
         assert await store.add_batch(job.id, encoded(3)) == []
+        assert await store.get_job(job.id) == before
+
+    @pytest.mark.anyio
+    async def test_add_batches_numbers_on_across_calls_and_add_batch(self, store: JobStore) -> None:
+        job = await add_job(store, encoded(2))
+        assert await store.add_batches(job.id, [encoded(2, 2), encoded(1, 4)]) == []
+        assert await store.add_batch(job.id, encoded(1, 5)) == []
+        assert await store.add_batches(job.id, [encoded(2, 6)]) == []
+        starts_sizes = [(0, 2), (2, 2), (4, 1), (5, 1), (6, 2)]
+        for no, (start, size) in enumerate(starts_sizes):
+            claimed = await claim(store, job.id)
+            assert claimed.lease.batch_no == no
+            assert decoded(claimed.items) == decoded(encoded(size, start))
+        assert await store.claim_batch(worker_id="w1", lease_seconds=1, job_id=job.id) is None
+        progress = await store.record(job.id, [])
+        assert (progress.total, progress.open_batches) == (8, 5)
+
+    @pytest.mark.anyio
+    async def test_add_batches_refuses_repeats_within_and_across_batches_and_calls(
+        self, store: JobStore
+    ) -> None:
+        job = await add_job(store, encoded(2))  # item-0, item-1
+        i0, i1, i2, i3, i4, i5 = encoded(6)
+        i2_again = (i2[0], encode_json({"id": i2[0], "second": True}))
+        refused = await store.add_batches(job.id, [[i1, i2, i2_again], [i2_again, i3, i0], [i4]])
+        assert refused == [i1[0], i2[0], i2[0], i0[0]]
+        assert await store.add_batches(job.id, [[i3, i5]]) == [i3[0]]
+        batches = [await claim(store, job.id) for _ in range(5)]
+        assert [c.lease.batch_no for c in batches] == [0, 1, 2, 3, 4]
+        # The first payload of item-2 is kept.
+        assert [decoded(c.items) for c in batches[1:]] == [decoded([i]) for i in (i2, i3, i4, i5)]
+        assert (await store.get_job(job.id)).total_items == 6
+
+    @pytest.mark.anyio
+    async def test_add_batches_all_repeat_batch_makes_no_batch(self, store: JobStore) -> None:
+        job = await add_job(store, encoded(2))
+        batches = [encoded(2), encoded(1, 2), encoded(1), [], encoded(1, 3)]
+        assert await store.add_batches(job.id, batches) == ["item-0", "item-1", "item-0"]
+        assert await store.add_batches(job.id, [encoded(2)]) == ["item-0", "item-1"]
+        await store.add_batch(job.id, encoded(1, 4))
+        claims = [await claim(store, job.id) for _ in range(4)]
+        assert [c.lease.batch_no for c in claims] == [0, 1, 2, 3]
+        assert [c.items[0][0] for c in claims[1:]] == ["item-2", "item-3", "item-4"]
+        assert await store.claim_batch(worker_id="w1", lease_seconds=1, job_id=job.id) is None
+        progress = await store.record(job.id, [])
+        assert (progress.total, progress.open_batches) == (5, 4)
+
+    @pytest.mark.anyio
+    async def test_add_batches_of_nothing_is_a_no_op(self, store: JobStore) -> None:
+        job = await add_job(store, encoded(2))
+        assert await store.add_batches(job.id, []) == []
+        assert await store.add_batches(job.id, [[], []]) == []
+        progress = await store.record(job.id, [])
+        assert (progress.total, progress.open_batches) == (2, 1)
+        await store.add_batches(job.id, [encoded(1, 2)])
+        await claim(store, job.id)
+        assert (await claim(store, job.id)).lease.batch_no == 1
+
+    @pytest.mark.anyio
+    async def test_add_batches_after_seal_raises_store_error(self, store: JobStore) -> None:
+        job = await add_job(store, encoded(2), seal=True)
+        with pytest.raises(StoreError):
+            await store.add_batches(job.id, [encoded(1, 2), encoded(1, 3)])
+        assert (await store.get_job(job.id)).total_items == 2
+
+    @pytest.mark.anyio
+    async def test_add_batches_on_terminal_job_stores_nothing(self, store: JobStore) -> None:
+        job = await add_job(store, encoded(2))
+        before, _ = await store.finish_job(job.id, JobStatus.CANCELLED)
+        assert await store.add_batches(job.id, [encoded(3), encoded(2, 3)]) == []
         assert await store.get_job(job.id) == before
 
     @pytest.mark.anyio
@@ -1148,41 +1219,64 @@ def store_state_machine(
                 self.call(self.store.create_job, job)
                 self.jobs.append(_ModelJob(id=job.id, type=type_, priority=priority, seq=seq))
 
-        @rule(index=job_index, data=st.data())
-        def add_batch(self, index: int, data: st.DataObject) -> None:
-            job = self.job(index)
+        def draw_items(
+            self, job: _ModelJob, data: st.DataObject, earlier: Sequence[str] = ()
+        ) -> list[EncodedItem]:
+            """New ids, maybe with ids the job (or ``earlier`` batches of the call) has and a
+            repeat of a new one, in random order."""
             fresh = [f"i{job.next_item + k}" for k in range(data.draw(st.integers(0, 4)))]
             job.next_item += len(fresh)
-            known = sorted(job.payloads)
+            known = sorted({*job.payloads, *earlier})
             ids = fresh + (data.draw(st.lists(st.sampled_from(known), max_size=2)) if known else [])
             repeat: bool = data.draw(st.booleans())
             if fresh and repeat:
                 ids.append(fresh[0])
             ids = data.draw(st.permutations(ids))
             self.step += 1
-            items = [
+            return [
                 (i, encode_json({"id": i, "step": self.step, "k": k})) for k, i in enumerate(ids)
             ]
+
+        def check_add(
+            self, job: _ModelJob, batches: list[list[EncodedItem]], add: Callable[[], list[str]]
+        ) -> None:
+            """Call ``add`` (which adds ``batches``) and check it against the model."""
             if job.sealed and not job.terminal:
                 with pytest.raises(StoreError):
-                    self.call(self.store.add_batch, job.id, items)
+                    add()
                 return
             if job.terminal:  # sealed too: a StoreError or nothing stored, either will do
                 with contextlib.suppress(StoreError):
-                    assert self.call(self.store.add_batch, job.id, items) == []
+                    assert add() == []
                 return
-            refused = self.call(self.store.add_batch, job.id, items)
+            refused = add()
             expected: list[str] = []
-            accepted: list[str] = []
-            for item_id, payload in items:
-                if item_id in job.payloads:
-                    expected.append(item_id)
-                else:
-                    job.payloads[item_id] = payload
-                    accepted.append(item_id)
+            for items in batches:
+                accepted: list[str] = []
+                for item_id, payload in items:
+                    if item_id in job.payloads:
+                        expected.append(item_id)
+                    else:
+                        job.payloads[item_id] = payload
+                        accepted.append(item_id)
+                if accepted:
+                    job.batches.append(_ModelBatch(no=len(job.batches), items=accepted))
             assert refused == expected
-            if accepted:
-                job.batches.append(_ModelBatch(no=len(job.batches), items=accepted))
+
+        @rule(index=job_index, data=st.data())
+        def add_batch(self, index: int, data: st.DataObject) -> None:
+            job = self.job(index)
+            items = self.draw_items(job, data)
+            self.check_add(job, [items], lambda: self.call(self.store.add_batch, job.id, items))
+
+        @rule(index=job_index, data=st.data(), count=st.integers(0, 3))
+        def add_batches(self, index: int, data: st.DataObject, count: int) -> None:
+            job = self.job(index)
+            batches: list[list[EncodedItem]] = []
+            for _ in range(count):
+                earlier = [item_id for items in batches for item_id, _ in items]
+                batches.append(self.draw_items(job, data, earlier))
+            self.check_add(job, batches, lambda: self.call(self.store.add_batches, job.id, batches))
 
         @rule(index=job_index)
         def seal(self, index: int) -> None:

@@ -179,26 +179,30 @@ class MemoryStore:
         self._active[job.id] = state
 
     async def add_batch(self, job_id: str, items: Sequence[EncodedItem]) -> list[str]:
+        return await self.add_batches(job_id, (items,))
+
+    async def add_batches(self, job_id: str, batches: Sequence[Sequence[EncodedItem]]) -> list[str]:
         job = self._job(job_id)
         if job.sealed:
             raise StoreError(f"job {job_id!r} is sealed; no more items can be added")
         if job.status.is_terminal:
             return []  # nothing is written for a terminal job (its ids are gone, too)
         ids = job.ids
-        fresh: list[EncodedItem] = []
         duplicates: list[str] = []
-        for item in items:
-            if item[0] in ids:
-                duplicates.append(item[0])
-            else:
-                ids.add(item[0])
-                fresh.append(item)
-        if fresh:
-            batch = _Batch(no=len(job.batches), items=fresh)
-            job.batches.append(batch)
-            job.pending.append(batch)
-            job.open_batches += 1
-            job.total += len(fresh)
+        for items in batches:
+            fresh: list[EncodedItem] = []
+            for item in items:
+                if item[0] in ids:
+                    duplicates.append(item[0])
+                else:
+                    ids.add(item[0])
+                    fresh.append(item)
+            if fresh:
+                batch = _Batch(no=len(job.batches), items=fresh)
+                job.batches.append(batch)
+                job.pending.append(batch)
+                job.open_batches += 1
+                job.total += len(fresh)
         return duplicates
 
     async def add_errors(

@@ -5,8 +5,7 @@ drivers) runs on asyncio only, and bulkpipe must also run on trio. So every stor
 psycopg's sync API in a worker thread (``anyio.to_thread.run_sync``), with connections from a
 ``psycopg_pool.ConnectionPool``; the event loop never blocks, on either backend. The thread
 hop costs tens of microseconds, and a store call is one per batch (a hundred items by
-default), never one per item, so it is a small share of the time; measured end to end in
-``benchmarks/stores.py``.
+default), never one per item, so it is a small share of the time.
 
 Most calls are a single SQL statement (see ``sql/postgres/queries.sql``), so each costs one
 round trip and is atomic in autocommit mode.
@@ -274,7 +273,7 @@ class PostgresStore:
         self._limiter: anyio.CapacityLimiter | None = None
         self._lock: anyio.Lock | None = None
         # The last submit-side write to each job being submitted through this store object,
-        # to notice writes that the server lost (see the add_batch query).
+        # to notice writes that the server lost (see the add_batches query).
         self._last_write: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -469,20 +468,25 @@ class PostgresStore:
 
     async def add_batch(self, job_id: str, items: Sequence[EncodedItem]) -> list[str]:
         """Append one batch; return the ids refused because the job already has them."""
-        if not items:
-            # Still an error for an unknown or sealed job, as for a batch with items.
+        return await self.add_batches(job_id, (items,))
+
+    async def add_batches(self, job_id: str, batches: Sequence[Sequence[EncodedItem]]) -> list[str]:
+        """Append batches in order, in one statement; return every refused id, in order."""
+        ids = [item_id for items in batches for item_id, _ in items]
+        if not ids:
+            # Still an error for an unknown or sealed job, as for a call with items.
             return await self._call("adding items", self._add_nothing, job_id)
-        request = uuid.uuid4().hex
         params = {
             "id": job_id,
-            "ids": [item_id for item_id, _ in items],
-            "payloads": [payload for _, payload in items],
-            "request": request,
+            "ids": ids,
+            "payloads": [payload for items in batches for _, payload in items],
+            "groups": [k for k, items in enumerate(batches) for _ in items],
+            "request": uuid.uuid4().hex,
             "prev": self._last_write.get(job_id),
         }
-        refused, wrote = await self._call("adding items", self._add_batch, params)
-        if wrote:
-            self._last_write[job_id] = request
+        refused, written = await self._call("adding items", self._add_batches, params)
+        if written is not None:
+            self._last_write[job_id] = written
         return refused
 
     def _add_nothing(self, conn: Conn, retry: bool, job_id: str) -> list[str]:
@@ -509,25 +513,30 @@ class PostgresStore:
             "job may be missing items: submit it again"
         )
 
-    def _add_batch(self, conn: Conn, retry: bool, params: dict[str, Any]) -> tuple[list[str], bool]:
+    def _add_batches(
+        self, conn: Conn, retry: bool, params: dict[str, Any]
+    ) -> tuple[list[str], str | None]:
+        """The refused ids, and the job's new last_request if this call wrote (else None)."""
         ids: list[str] = params["ids"]
         if retry:
             state = conn.execute(self._q["job_state"], params).fetchone()
-            if state is not None and state[4] == params["request"]:
-                # The first attempt committed: its batch is the job's last one.
+            written: str | None = state[4] if state is not None else None
+            request, _, first_batch = (written or "").partition(":")
+            if state is not None and request == params["request"]:
+                # The first attempt committed: its batches are the job's last ones.
                 stored = conn.execute(
-                    self._q["batch_item_ids"], {"job": state[0], "batch_no": state[3] - 1}
+                    self._q["batch_item_ids"], {"job": state[0], "batch_no": int(first_batch)}
                 ).fetchall()
-                return _refused(ids, {row[0] for row in stored}), True
-        row = conn.execute(self._q["add_batch"], params, binary=True).fetchone()
+                return _refused(ids, {row[0] for row in stored}), written
+        row = conn.execute(self._q["add_batches"], params, binary=True).fetchone()
         if row is None:
             if not self._check_open_job(conn, params):
-                return [], False  # the job has ended: nothing is stored
-            return list(ids), False  # every id is already in the job
-        count, stored_ids = row
+                return [], None  # the job has ended: nothing is stored
+            return list(ids), None  # every id is already in the job
+        count, stored_ids, written = row
         if count == len(ids):
-            return [], True
-        return _refused(ids, set(stored_ids)), True
+            return [], written
+        return _refused(ids, set(stored_ids)), written
 
     async def add_errors(
         self, job_id: str, errors: Sequence[ProcessingError], rejected: int

@@ -340,31 +340,40 @@ class SQLiteStore:
 
     async def add_batch(self, job_id: str, items: Sequence[EncodedItem]) -> list[str]:
         """Append one batch; return the ids refused because the job already has them."""
-        return await self._call("adding items", self._add_batch, job_id, items)
+        return await self.add_batches(job_id, (items,))
 
-    def _add_batch(
-        self, conn: sqlite3.Connection, job_id: str, items: Sequence[EncodedItem]
+    async def add_batches(self, job_id: str, batches: Sequence[Sequence[EncodedItem]]) -> list[str]:
+        """Append batches in order, in one transaction; return every refused id, in order."""
+        return await self._call("adding items", self._add_batches, job_id, batches)
+
+    def _add_batches(
+        self, conn: sqlite3.Connection, job_id: str, batches: Sequence[Sequence[EncodedItem]]
     ) -> list[str]:
         q = self._q
+        duplicates: list[str] = []
         with self._transaction(conn):
-            job, status, sealed, batch_no = self._job_state(conn, job_id)
+            job, status, sealed, next_batch = self._job_state(conn, job_id)
             if sealed:
                 raise StoreError(f"job {job_id!r} is sealed; no more items can be added")
-            if status not in _ACTIVE or not items:
+            if status not in _ACTIVE or not any(batches):
                 return []  # nothing is written for a terminal job
-            before = conn.execute(q["last_item"]).fetchone()[0]
-            stored = conn.executemany(
-                q["insert_items"], ((job, item_id, batch_no, payload) for item_id, payload in items)
-            ).rowcount
-            duplicates: list[str] = []
-            if stored < len(items):
-                kept = {row[0] for row in conn.execute(q["item_ids_after"], {"after": before})}
-                for item_id, _ in items:
-                    if item_id in kept:
-                        kept.discard(item_id)  # a second one in this call is a duplicate
-                    else:
-                        duplicates.append(item_id)
-            if stored:
+            batch_no, total = next_batch, 0
+            last = conn.execute(q["last_item"]).fetchone()[0]
+            for items in batches:
+                before = last
+                stored = conn.executemany(
+                    q["insert_items"],
+                    ((job, item_id, batch_no, payload) for item_id, payload in items),
+                ).rowcount
+                if stored < len(items):
+                    kept = {row[0] for row in conn.execute(q["item_ids_after"], {"after": before})}
+                    for item_id, _ in items:
+                        if item_id in kept:
+                            kept.discard(item_id)  # a second one in this call is a duplicate
+                        else:
+                            duplicates.append(item_id)
+                if not stored:
+                    continue  # only repeats: no batch, and the next one takes this number
                 last = conn.execute(q["last_item"]).fetchone()[0]
                 conn.execute(
                     q["insert_batch"],
@@ -376,7 +385,13 @@ class SQLiteStore:
                         "last_item": last,
                     },
                 )
-                conn.execute(q["count_batch"], {"job": job, "size": stored})
+                batch_no += 1
+                total += stored
+            if total:
+                conn.execute(
+                    q["count_batches"],
+                    {"job": job, "size": total, "batches": batch_no - next_batch},
+                )
         return duplicates
 
     async def add_errors(
@@ -517,7 +532,7 @@ class SQLiteStore:
                 raise JobNotFound(job_id)
             return _progress(row)
         with self._transaction(conn):
-            head = conn.execute(q["job_for_record"], {"id": job_id}).fetchone()
+            head = conn.execute(q["job_status"], {"id": job_id}).fetchone()
             if head is None:
                 raise JobNotFound(job_id)
             job, status = head

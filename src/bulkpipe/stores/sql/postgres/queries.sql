@@ -48,40 +48,57 @@ RETURNING seq
 -- name: job_state --
 SELECT seq, status, sealed, next_batch, last_request FROM {prefix}jobs WHERE id = %(id)s
 
--- name: add_batch --
--- Locks the job row, stores the items that are new to the job (the first of repeated ids),
--- and only if there is one makes a batch of them; returns the ids stored. `prev` is the
--- submitter's previous write to the job: if the database no longer has it (the server lost
--- its last asynchronous commits in a crash), nothing is written.
+-- name: add_batches --
+-- Appends batches in order, each as one add_batch would: locks the job row, keeps the items
+-- that are new to the job (the first of repeated ids), and numbers on from next_batch only
+-- the batches that keep an item (an all-repeat batch makes none). `groups` is each item's
+-- batch within the call. Returns the ids stored. `prev` is the submitter's previous write to
+-- the job: if the database no longer has it (the server lost its last asynchronous commits in
+-- a crash), nothing is written. last_request records this write as `request:first batch_no`,
+-- so that a retry after a lost answer can find what its first attempt stored.
 WITH job AS (
     SELECT seq, next_batch FROM {prefix}jobs
     WHERE id = %(id)s AND NOT sealed AND status IN ('pending', 'processing')
       AND (%(prev)s::text IS NULL OR last_request = %(prev)s::text)
     FOR UPDATE
+), given AS (
+    SELECT * FROM unnest(%(ids)b::text[], %(payloads)b::text[], %(groups)b::int[])
+        WITH ORDINALITY AS t (item_id, payload, grp, pos)
+), fresh AS (
+    -- Under the job's row lock no other add can insert into this job, so this check holds;
+    -- ON CONFLICT below stays as a guard.
+    SELECT DISTINCT ON (g.item_id) g.item_id, g.payload, g.grp, g.pos
+    FROM job, given AS g
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {prefix}items AS i WHERE i.job = job.seq AND i.item_id = g.item_id
+    )
+    ORDER BY g.item_id, g.pos
 ), added AS (
     INSERT INTO {prefix}items AS i (job, item_id, batch_no, pos, payload)
-    SELECT job.seq, t.item_id, job.next_batch, t.pos, t.payload
-    FROM job, unnest(%(ids)b::text[], %(payloads)b::text[]) WITH ORDINALITY
-        AS t (item_id, payload, pos)
+    SELECT job.seq, f.item_id, job.next_batch + dense_rank() OVER (ORDER BY f.grp) - 1, f.pos,
+        f.payload
+    FROM job, fresh AS f
     ON CONFLICT (job, item_id) DO NOTHING
-    RETURNING i.item_id
+    RETURNING i.item_id, i.batch_no
 ), counted AS (
-    SELECT count(*) AS n FROM added
+    SELECT count(*) AS n, count(DISTINCT batch_no) AS batches, max(batch_no) AS last
+    FROM added
 ), batch AS (
     INSERT INTO {prefix}batches (job, batch_no)
-    SELECT job.seq, job.next_batch FROM job, counted WHERE counted.n > 0
+    SELECT DISTINCT job.seq, added.batch_no FROM job, added
 )
 UPDATE {prefix}jobs AS j
-SET next_batch = j.next_batch + 1,
+SET next_batch = counted.last + 1,
     total = j.total + counted.n,
-    open_batches = j.open_batches + 1,
-    last_request = %(request)s
+    open_batches = j.open_batches + counted.batches,
+    last_request = %(request)s || ':' || job.next_batch
 FROM job, counted
 WHERE j.seq = job.seq AND counted.n > 0
-RETURNING counted.n, (SELECT array_agg(item_id) FROM added)
+RETURNING counted.n, (SELECT array_agg(item_id) FROM added), j.last_request
 
 -- name: batch_item_ids --
-SELECT item_id FROM {prefix}items WHERE job = %(job)s AND batch_no = %(batch_no)s
+-- The items of a job's batches from :batch_no on.
+SELECT item_id FROM {prefix}items WHERE job = %(job)s AND batch_no >= %(batch_no)s
 
 -- name: add_errors --
 UPDATE {prefix}jobs AS j

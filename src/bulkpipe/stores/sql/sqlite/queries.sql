@@ -75,9 +75,10 @@ SELECT item_id FROM {prefix}items WHERE seq > :after
 INSERT INTO {prefix}batches (job, batch_no, state, size, first_item, last_item)
 VALUES (:job, :batch_no, 'pending', :size, :first_item, :last_item)
 
--- name: count_batch --
+-- name: count_batches --
 UPDATE {prefix}jobs
-SET total = total + :size, open_batches = open_batches + 1, next_batch = next_batch + 1
+SET total = total + :size, open_batches = open_batches + :batches,
+    next_batch = next_batch + :batches
 WHERE seq = :job
 
 -- name: count_errors --
@@ -168,9 +169,6 @@ WHERE i.seq > :first_item AND i.seq <= :last_item
 ORDER BY i.seq
 
 -- == recording ================================================================================
-
--- name: job_for_record --
-SELECT seq, status FROM {prefix}jobs WHERE id = :id
 
 -- name: batch_lease --
 SELECT state, token, size, recorded FROM {prefix}batches WHERE job = :job AND batch_no = :batch_no

@@ -191,7 +191,7 @@ def _describe(dsn: str) -> str:
     return f"postgresql://{user}{host}:{port}/{params.get('dbname') or ''}"
 
 
-def _hint(exc: psycopg.Error) -> str:
+def _hint(exc: psycopg.Error, *, retried: bool = True) -> str:
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
         return (
             "a table or column of the store is missing; was the schema dropped or changed, "
@@ -206,10 +206,8 @@ def _hint(exc: psycopg.Error) -> str:
     if isinstance(exc, psycopg.DataError):
         return "a value could not be stored; check the items and results for odd values"
     if isinstance(exc, psycopg.OperationalError):
-        return (
-            f"the call was retried for up to {_RETRY_FOR:g} s; check that the server is "
-            "running and reachable from this machine"
-        )
+        retry = f"the call was retried for up to {_RETRY_FOR:g} s; " if retried else ""
+        return f"{retry}check that the server is running and reachable from this machine"
     return "check the PostgreSQL server log"
 
 
@@ -281,10 +279,10 @@ class PostgresStore:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _error(self, what: str, exc: psycopg.Error) -> StoreError:
+    def _error(self, what: str, exc: psycopg.Error, *, retried: bool = True) -> StoreError:
         return StoreError(
             f"PostgreSQL store {self._where} (prefix {self.prefix!r}): {what} failed "
-            f"({type(exc).__name__}: {str(exc).strip()}); {_hint(exc)}"
+            f"({type(exc).__name__}: {str(exc).strip()}); {_hint(exc, retried=retried)}"
         )
 
     async def _call(
@@ -354,7 +352,7 @@ class PostgresStore:
             try:
                 self._pool = await anyio.to_thread.run_sync(self._connect)
             except psycopg.Error as exc:
-                raise self._error("opening the store", exc) from exc
+                raise self._error("opening the store", exc, retried=False) from exc
             self._limiter = anyio.CapacityLimiter(self.max_size)
 
     async def close(self) -> None:

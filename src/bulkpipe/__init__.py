@@ -1,7 +1,5 @@
 """bulkpipe: bulk item processing with bounded concurrency, retries, progress and durable stores."""
 
-from __future__ import annotations
-
 from .errors import (
     BulkpipeError,
     InvalidArgument,

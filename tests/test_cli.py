@@ -198,6 +198,12 @@ def test_list_and_db_upgrade_on_memory() -> None:
     assert "is ready" in ok("db", "upgrade", "--store", "memory://").stdout
 
 
+def test_db_upgrade_reports_the_schema_version_of_a_sql_store(store_url: str) -> None:
+    upgraded = json.loads(ok("db", "upgrade", "--json", "--store", store_url).stdout)
+    assert upgraded["schema_version"] == 1
+    assert "schema version 1" in ok("db", "upgrade", "--store", store_url).stdout
+
+
 def test_processors_lists_the_entry_points() -> None:
     found = json.loads(ok("processors", "--json").stdout)
     names = {entry["name"]: entry["target"] for entry in found["processors"]}

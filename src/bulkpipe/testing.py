@@ -749,6 +749,22 @@ class StoreContract:
         assert (progress.lost, progress.succeeded, progress.open_batches) == ((), 3, 1)
 
     @pytest.mark.anyio
+    async def test_a_stale_and_a_current_report_of_one_batch_in_one_call(
+        self, store: JobStore
+    ) -> None:
+        # One worker may hold a batch twice: its lease expired and it claimed it again.
+        job = await add_job(store, encoded(2))
+        stale = await claim(store, lease_seconds=0)
+        current = await claim(store, job.id)
+        assert current.lease.batch_no == stale.lease.batch_no
+        progress = await store.record(
+            job.id, [report(current, [], done=False), report(stale, done=False)]
+        )
+        assert progress.lost == (0,)
+        assert (progress.succeeded, progress.failed) == (0, 0)  # the stale rows were refused
+        assert await read_all_outcomes(store, job.id) == []
+
+    @pytest.mark.anyio
     async def test_record_on_a_released_batch_is_lost(self, store: JobStore) -> None:
         job = await add_job(store, encoded(2))
         claimed = await claim(store)

@@ -261,6 +261,8 @@ class PostgresStore:
             raise InvalidArgument(f"connect_timeout must be positive, not {connect_timeout}")
         self.dsn = dsn
         self.prefix = check_prefix(prefix)
+        #: The schema version of the open database (None until :meth:`open`).
+        self.schema_version: int | None = None
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
@@ -406,6 +408,7 @@ class PostgresStore:
         migrations = load_migrations(_DIALECT, self.prefix)
         latest = migrations[-1][0]
         if self._version(conn) == latest:
+            self.schema_version = latest
             return
         with conn.transaction():
             conn.execute(self._q["migration_lock"])
@@ -423,6 +426,7 @@ class PostgresStore:
                         conn.execute(self._q["set_schema_version"], {"version": str(number)})
             except psycopg.errors.DuplicateTable as exc:
                 raise self._foreign(exc) from exc
+        self.schema_version = latest
 
     def _foreign(self, detail: object) -> StoreError:
         return StoreError(
@@ -800,10 +804,10 @@ def _lease_params(leases: Sequence[Lease]) -> dict[str, Any]:
 
 def _record_params(job_id: str, reports: Sequence[BatchReport], replay: bool) -> dict[str, Any]:
     """The record query's parameters: one array per column, outcomes flattened."""
-    o_batch: list[int] = []
+    o_report: list[int] = []  # each outcome's report, numbered from 1 like WITH ORDINALITY
     rows: list[Any] = []
-    for report in reports:
-        o_batch.extend([report.lease.batch_no] * len(report.outcomes))
+    for n, report in enumerate(reports, 1):
+        o_report.extend([n] * len(report.outcomes))
         rows.extend(report.outcomes)
     columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] or [[]] * 8
     item, ok, result, error, error_type, attempts, started, finished = columns
@@ -816,7 +820,7 @@ def _record_params(job_id: str, reports: Sequence[BatchReport], replay: bool) ->
         "tokens": [r.lease.token for r in reports],
         "done": [r.done for r in reports],
         "o_count": len(rows),
-        "o_batch": o_batch,
+        "o_report": o_report,
         "o_item": item,
         "o_ok": ok,
         "o_result": result,

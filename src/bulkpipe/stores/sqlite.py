@@ -170,6 +170,8 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self._q = load_queries(_DIALECT, prefix)
         self._conn: sqlite3.Connection | None = None
+        #: The schema version of the open database (None until :meth:`open`).
+        self.schema_version: int | None = None
         self._lock: anyio.Lock | None = None
 
     def __repr__(self) -> str:
@@ -286,6 +288,7 @@ class SQLiteStore:
                             conn.execute(statement)
                         conn.execute(q["set_schema_version"], {"version": number})
                 conn.execute(q["check_writable"])
+                self.schema_version = latest
             except sqlite3.OperationalError as exc:
                 if "already exists" in str(exc) or "no such" in str(exc):
                     raise self._foreign(exc) from exc

@@ -216,7 +216,8 @@ CROSS JOIN LATERAL (
 ) AS items
 
 -- name: record --
--- One report per (batch_no, token, done); outcomes flattened with their batch_no. Locks the
+-- One report per (batch_no, token, done); outcomes flattened with their report's number (not
+-- the batch's: one call may carry a stale and a current report of one batch). Locks the
 -- live job, then the batches whose lease the reports still hold (a replay may also find its
 -- own done batch), stores the outcomes of those batches that are new (an item keeps its first
 -- final outcome), closes the done batches, and counts only the rows actually stored, in the
@@ -228,9 +229,9 @@ WITH job AS (
     FOR UPDATE
 ), report AS (
     SELECT * FROM unnest(%(batch_nos)b::int[], %(tokens)b::bigint[], %(done)b::boolean[])
-        AS r (batch_no, token, done)
+        WITH ORDINALITY AS r (batch_no, token, done, n)
 ), held AS (
-    SELECT b.batch_no, b.token, b.state, r.done
+    SELECT b.batch_no, b.token, b.state, r.done, r.n
     FROM job
     JOIN {prefix}batches AS b ON b.job = job.seq
     JOIN report AS r ON r.batch_no = b.batch_no AND r.token = b.token
@@ -244,13 +245,13 @@ WITH job AS (
     SELECT job.next_outcome + t.n, job.seq, t.item_id, t.ok, t.result, t.error, t.error_type,
         t.attempts, t.started_at, t.finished_at
     FROM job, unnest(
-        %(o_batch)b::int[], %(o_item)b::text[], %(o_ok)b::boolean[], %(o_result)b::text[],
+        %(o_report)b::int[], %(o_item)b::text[], %(o_ok)b::boolean[], %(o_result)b::text[],
         %(o_error)b::text[], %(o_type)b::text[], %(o_attempts)b::int[],
         %(o_started)b::float8[], %(o_finished)b::float8[]
     ) WITH ORDINALITY
-        AS t (batch_no, item_id, ok, result, error, error_type, attempts, started_at, finished_at,
+        AS t (report, item_id, ok, result, error, error_type, attempts, started_at, finished_at,
               n)
-    WHERE t.batch_no IN (SELECT batch_no FROM held)
+    WHERE t.report IN (SELECT n FROM held)  -- by report: a stale token's rows never pass
     ON CONFLICT (job, item_id) DO NOTHING
     RETURNING o.id, o.item_id, o.ok, o.error, o.error_type, o.attempts, o.finished_at
 ), finished AS (

@@ -8,6 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# In CI the property tests draw the same examples on every run, so a submission's CI result
+# does not depend on luck; locally they explore new examples each run (and keep failures in
+# .hypothesis/ to replay).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() == "true":
+    settings.load_profile("ci")
 
 #: Where the PostgreSQL tests connect; `.ci/run` sets it.
 POSTGRES_URL = os.environ.get(

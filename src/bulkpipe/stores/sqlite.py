@@ -256,15 +256,26 @@ class SQLiteStore:
             check_same_thread=False,  # one thread at a time, guarded by the store's lock
             cached_statements=256,
         )
+        # Switching a new file to WAL can answer SQLITE_BUSY at once, without waiting for the
+        # busy timeout, while another process opens the same file: retry within that timeout.
+        deadline = time.monotonic() + self.busy_timeout
         try:
-            conn.execute(self._q["journal_wal"])
-            conn.execute(self._q["synchronous_normal"])
-            self._migrate(conn)
-            self._check_schema(conn)
+            while True:
+                try:
+                    conn.execute(self._q["journal_wal"])
+                    conn.execute(self._q["synchronous_normal"])
+                    self._migrate(conn)
+                    self._check_schema(conn)
+                    return conn
+                except sqlite3.OperationalError as exc:
+                    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+                    busy = code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                    if not busy or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.02)
         except BaseException:
             conn.close()
             raise
-        return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         q = self._q

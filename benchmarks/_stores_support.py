@@ -1,5 +1,5 @@
 """Helpers for ``benchmarks/stores.py``: the raw driver ceilings, PostgreSQL scratch tables,
-worker processes, memory readings and the report of targets.
+worker processes and file sizes (the reporting is in ``_report.py``).
 
 The ceilings write rows shaped like bulkpipe's outcome rows (``OutcomeRow``: item id, ok,
 result JSON, error, error type, attempts, started and finished epoch seconds) as fast as the
@@ -12,22 +12,14 @@ a store could reach if writing the outcomes were all it did. Each comes in two s
 from __future__ import annotations
 
 import os
-import resource
 import sqlite3
-import statistics
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from bulkpipe import Job
-
-MB = 1_000_000  # figures in MB are decimal megabytes
+from typing import Literal
 
 OUTCOME_COLUMNS = (
     "item_id",
@@ -253,103 +245,3 @@ class WorkerProcess:
             self.proc.kill()
             _, self.stderr = self.proc.communicate(timeout=10)
         return self.proc.returncode
-
-
-# -- memory -----------------------------------------------------------------------------------
-
-
-def current_rss() -> int:
-    """Resident set size of this process now, in bytes."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: the peak so far is the best we have
-        return maxrss()
-
-
-def maxrss() -> int:
-    """``getrusage(RUSAGE_SELF).ru_maxrss`` in bytes (KiB on Linux, bytes on macOS).
-
-    On Linux this is not only this program's peak: exec() carries the high-water mark of the
-    process image it replaces over, so a child started by a larger parent reports at least
-    the parent's peak RSS at the time it was started. See :func:`own_peak_rss`.
-    """
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-def own_peak_rss() -> int | None:
-    """The peak RSS of this program since it was exec'd (``VmHWM``), in bytes; None where
-    ``/proc`` is missing."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-# -- figures and targets ----------------------------------------------------------------------
-
-
-def fmt_rate(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def best(values: list[float]) -> float:
-    return max(values)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-@dataclass
-class Report:
-    """What the run found: the target lines, notes, and any job with a wrong result."""
-
-    targets: list[tuple[str, str]] = field(default_factory=list)  # (verdict, text)
-    notes: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    def target(
-        self,
-        text: str,
-        value: float | None,
-        op: Literal[">=", "<="],
-        threshold: float,
-        skip_reason: str | None = None,
-        unit: str = "",
-    ) -> None:
-        """Add a PASS/FAIL line for ``value op threshold``, or SKIP with the reason."""
-        if value is None or skip_reason is not None:
-            self.targets.append(
-                ("SKIP", f"{text} (target {op} {threshold:g}{unit}): {skip_reason}")
-            )
-            return
-        ok = value >= threshold if op == ">=" else value <= threshold
-        self.targets.append(
-            (
-                "PASS" if ok else "FAIL",
-                f"{text} = {value:.3f}{unit} (target {op} {threshold:g}{unit})",
-            )
-        )
-
-    def problem(self, text: str) -> None:
-        """A job did not complete with every item succeeded: the run exits non-zero."""
-        self.problems.append(text)
-        print(f"  WRONG RESULT: {text}", flush=True)
-
-
-def check_job(report: Report, job: Job, n: int, what: str) -> bool:
-    """Record a problem unless ``job`` completed with all of its ``n`` items succeeded."""
-    if job.status == "completed" and job.succeeded_items == n and job.total_items == n:
-        return True
-    report.problem(
-        f"{what}: status={job.status!s} succeeded={job.succeeded_items} "
-        f"failed={job.failed_items} total={job.total_items}; expected completed with {n} "
-        "succeeded"
-    )
-    return False

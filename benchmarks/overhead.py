@@ -25,30 +25,44 @@ not be imported.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
-import os
-import platform
 import random
-import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import partial
-from importlib import metadata
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 
 from _baselines import Item, Processor, aiometer_amap, bare_pool, seed_port
+from _report import (
+    MB,
+    Report,
+    Runner,
+    argument_parser,
+    check_job,
+    current_rss,
+    fmt_rate,
+    interleave,
+    memory_child,
+    memory_result,
+    parse_common,
+    peak_rss,
+    print_header,
+    print_rates,
+    print_ratio,
+    print_summary,
+    ratio,
+    run_memory_child,
+    run_sections,
+    scaled,
+    version_of,
+)
 
 try:
-    from bulkpipe import Job, JobOptions, Pipeline, WaitTimeout
+    from bulkpipe import JobOptions, Pipeline, WaitTimeout
     from bulkpipe.stores import MemoryStore
 except ImportError as exc:  # reported, and the bulkpipe runs are skipped
     BULKPIPE_IMPORT_ERROR: ImportError | None = exc
@@ -56,7 +70,6 @@ else:
     BULKPIPE_IMPORT_ERROR = None
 
 SECTIONS = ("noop", "io", "memory")
-BACKENDS = ("asyncio", "trio")
 
 NOOP_ITEMS = 200_000
 NOOP_BATCH_SIZE = 100
@@ -72,7 +85,6 @@ IO_SEED = 1
 
 MEMORY_ITEMS = (1_000_000, 100_000)
 MEMORY_TARGET_ITEMS = 1_000_000
-MB = 1_000_000  # figures in MB are decimal megabytes
 
 TARGET_NOOP_VS_POOL = 1.0
 TARGET_NOOP_VS_AIOMETER = 2.0
@@ -85,9 +97,6 @@ BARE_POOL = "bare anyio pool"
 AIOMETER = "aiometer.amap"
 BULKPIPE = "bulkpipe"
 SEED_PORT = "seed port (batch barrier)"
-
-# Takes an item count, runs one contender over that many items, returns the seconds it took.
-Runner = Callable[[int], Awaitable[float]]
 
 
 # -- shared helpers -------------------------------------------------------------------------
@@ -116,53 +125,6 @@ def make_sleeper(delays: Sequence[float]) -> Processor:
 def io_delays(n: int) -> list[float]:
     rng = random.Random(IO_SEED)
     return [rng.uniform(0.0, IO_MAX_DELAY) for _ in range(n)]
-
-
-def scaled(n: int, quick: bool) -> int:
-    return n // 10 if quick else n
-
-
-def fmt_rate(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-@dataclass
-class Report:
-    """What the run found: the target lines and any wrong bulkpipe result."""
-
-    targets: list[tuple[str, str]] = field(default_factory=list)  # (verdict, text)
-    notes: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    def target(
-        self,
-        text: str,
-        value: float | None,
-        op: Literal[">=", "<="],
-        threshold: float,
-        skip_reason: str | None = None,
-    ) -> None:
-        if value is None or skip_reason is not None:
-            self.targets.append(("SKIP", f"{text} (target {op} {threshold:g}): {skip_reason}"))
-            return
-        ok = value >= threshold if op == ">=" else value <= threshold
-        self.targets.append(
-            ("PASS" if ok else "FAIL", f"{text} = {value:.2f} (target {op} {threshold:g})")
-        )
-
-    def problem(self, text: str) -> None:
-        self.problems.append(text)
-        print(f"  WRONG RESULT: {text}", flush=True)
-
-
-def check_job(report: Report, job: Job, n: int, what: str) -> None:
-    """Record a problem unless ``job`` completed with every one of its ``n`` items succeeded."""
-    if job.status != "completed" or job.succeeded_items != n:
-        report.problem(
-            f"{what}: status={job.status!s} succeeded={job.succeeded_items} "
-            f"failed={job.failed_items} total={job.total_items}, expected completed with "
-            f"{n} succeeded"
-        )
 
 
 class SectionAborted(Exception):
@@ -215,76 +177,6 @@ async def run_bulkpipe(
     return elapsed
 
 
-async def interleave(
-    contenders: list[tuple[str, Runner]], n: int, rounds: int, warmup: int
-) -> dict[str, list[float]]:
-    """Run every contender ``rounds`` times over ``n`` items, interleaved; items/s per run.
-
-    Each contender first runs once over ``warmup`` items (not counted) so that first-use costs
-    (imports, caches) do not land in round 1. The order rotates every round so no contender
-    always runs right after the same other one.
-    """
-    for _, runner in contenders:
-        await runner(warmup)
-    rates: dict[str, list[float]] = {name: [] for name, _ in contenders}
-    for round_index in range(rounds):
-        shift = round_index % len(contenders)
-        for name, runner in contenders[shift:] + contenders[:shift]:
-            seconds = await runner(n)
-            rates[name].append(n / seconds)
-            print(
-                f"  round {round_index + 1}/{rounds}  {name:<28} {fmt_rate(n / seconds):>10} "
-                f"items/s  ({seconds:.2f} s)",
-                flush=True,
-            )
-    return rates
-
-
-def print_rate_table(rates: dict[str, list[float]], rounds: int) -> None:
-    header = (
-        f"  {'items/s':<28}"
-        + "".join(f"{f'round {i + 1}':>11}" for i in range(rounds))
-        + f"{'best':>11}{'median':>11}"
-    )
-    print(header)
-    for name, values in rates.items():
-        print(
-            f"  {name:<28}"
-            + "".join(f"{fmt_rate(v):>11}" for v in values)
-            + f"{fmt_rate(max(values)):>11}{fmt_rate(statistics.median(values)):>11}"
-        )
-
-
-@dataclass(frozen=True)
-class Ratio:
-    """Throughput of one contender over another's, three ways."""
-
-    best: float  # best run over best run: what the targets are judged on
-    median: float  # median run over median run
-    per_round: list[float]  # run over run within each round (back to back, similar load)
-
-
-def ratio(rates: dict[str, list[float]], top: str, bottom: str) -> Ratio | None:
-    """How ``top`` compares with ``bottom``, or None if either did not run."""
-    if top not in rates or bottom not in rates:
-        return None
-    return Ratio(
-        best=max(rates[top]) / max(rates[bottom]),
-        median=statistics.median(rates[top]) / statistics.median(rates[bottom]),
-        per_round=[a / b for a, b in zip(rates[top], rates[bottom], strict=True)],
-    )
-
-
-def print_ratio(label: str, value: Ratio | None, threshold: float) -> None:
-    if value is None:
-        return
-    rounds = " ".join(f"{r:.2f}" for r in value.per_round)
-    print(
-        f"  {label:<28} best {value.best:.2f}   median {value.median:.2f}   "
-        f"per round {rounds}   target >= {threshold:g}"
-    )
-
-
 # -- section 1: no-op ---------------------------------------------------------------------------
 
 
@@ -319,9 +211,9 @@ async def section_noop(report: Report, backend: str, quick: bool, rounds: int) -
     else:
         print(f"  {AIOMETER}: skipped: {aiometer_skip}")
 
-    rates = await interleave(contenders, n, rounds, warmup=max(1_000, n // 50))
+    rates = await interleave(contenders, n, rounds, max(1_000, n // 50), "items/s")
     print()
-    print_rate_table(rates, rounds)
+    print_rates(rates, rounds, "items/s", width=11)
 
     vs_pool = ratio(rates, BULKPIPE, BARE_POOL)
     vs_aiometer = ratio(rates, BULKPIPE, AIOMETER)
@@ -376,9 +268,9 @@ async def section_io(report: Report, quick: bool, rounds: int) -> None:
         print(f"  bulkpipe: skipped, cannot import it: {BULKPIPE_IMPORT_ERROR}")
     contenders.append((BARE_POOL, partial(run_baseline, bare_pool, sleeper, IO_IN_FLIGHT)))
 
-    rates = await interleave(contenders, n, rounds, warmup=max(200, n // 50))
+    rates = await interleave(contenders, n, rounds, max(200, n // 50), "items/s")
     print()
-    print_rate_table(rates, rounds)
+    print_rates(rates, rounds, "items/s", width=11)
     print()
     print(f"  {'achieved / ideal':<28}{'best':>11}{'median':>11}")
     for name, values in rates.items():
@@ -406,32 +298,6 @@ async def section_io(report: Report, quick: bool, rounds: int) -> None:
 # -- section 3: memory --------------------------------------------------------------------------
 
 
-def current_rss() -> int:
-    """Resident set size of this process now, in bytes."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: the peak so far is the best we have
-        return peak_rss()
-
-
-def peak_rss() -> int:
-    """Peak resident set size of this program since it was exec'd, in bytes.
-
-    ``VmHWM`` where ``/proc`` has it: on Linux a child's ``ru_maxrss`` starts from its
-    parent's peak at fork, which would inflate a fresh child's figure.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # KiB on Linux
-
-
 async def memory_child_main(n: int) -> dict[str, Any]:
     async with Pipeline(store=MemoryStore()) as pipeline:
         pipeline.register("noop", noop)
@@ -442,27 +308,7 @@ async def memory_child_main(n: int) -> dict[str, Any]:
         job = await pipeline.wait(job.id, timeout=WAIT_TIMEOUT)
         seconds = time.perf_counter() - start
         peak = peak_rss()
-    return {
-        "items": n,
-        "rss_before": rss_before,
-        "peak_rss": peak,
-        "seconds": seconds,
-        "status": str(job.status),
-        "succeeded_items": job.succeeded_items,
-        "failed_items": job.failed_items,
-        "total_items": job.total_items,
-    }
-
-
-def memory_child(n: int, backend: str) -> int:
-    """The body of ``--memory-child N``: prints one JSON line; exit 1 on a wrong result."""
-    if BULKPIPE_IMPORT_ERROR is not None:
-        print(f"cannot import bulkpipe: {BULKPIPE_IMPORT_ERROR}", file=sys.stderr)
-        return 2
-    result = anyio.run(memory_child_main, n, backend=backend)
-    print(json.dumps(result), flush=True)
-    ok = result["status"] == "completed" and result["succeeded_items"] == n
-    return 0 if ok else 1
+    return memory_result(job, n, rss_before, peak, seconds)
 
 
 def section_memory(report: Report, backend: str, quick: bool) -> None:
@@ -479,30 +325,9 @@ def section_memory(report: Report, backend: str, quick: bool) -> None:
         return
     results: list[dict[str, Any]] = []
     for n in counts:
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--memory-child",
-            str(n),
-            "--backend",
-            backend,
-        ]
-        print(f"  running: {shlex.join(command)}", flush=True)
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-        if completed.stderr:
-            sys.stderr.write(completed.stderr)
-        lines = completed.stdout.strip().splitlines()
-        if completed.returncode == 2 or not lines:
-            report.problem(f"memory child for {n:,} items failed (exit {completed.returncode})")
-            continue
-        result = json.loads(lines[-1])
-        if completed.returncode != 0:
-            report.problem(
-                f"bulkpipe noop job over {n:,} items in the memory child: "
-                f"status={result['status']} succeeded={result['succeeded_items']} "
-                f"failed={result['failed_items']} total={result['total_items']}"
-            )
-        results.append(result)
+        result = run_memory_child(report, __file__, n, backend, "bulkpipe noop job")
+        if result is not None:
+            results.append(result)
 
     print()
     print(
@@ -545,115 +370,27 @@ def section_memory(report: Report, backend: str, quick: bool) -> None:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def version_of(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Measure bulkpipe's overhead against baselines in one run."
-    )
-    parser.add_argument("--quick", action="store_true", help="divide every item count by 10")
-    parser.add_argument("--backend", choices=BACKENDS, default="asyncio", help="anyio backend")
-    parser.add_argument(
-        "--only",
-        default=",".join(SECTIONS),
-        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds per contender (default: 3)"
-    )
-    parser.add_argument("--memory-child", type=int, metavar="N", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    only = [part.strip() for part in args.only.split(",") if part.strip()]
-    unknown = sorted(set(only) - set(SECTIONS))
-    if unknown or not only:
-        parser.error(f"--only takes a comma-separated subset of {','.join(SECTIONS)}")
-    args.only = only
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    return args
-
-
-def print_header(args: argparse.Namespace) -> None:
-    print("bulkpipe overhead benchmark")
-    print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
-    print(
-        f"python:   {platform.python_version()} ({platform.python_implementation()}) "
-        f"on {platform.platform()}, {os.cpu_count()} CPUs"
-    )
-    backend_version = f"anyio {version_of('anyio')}"
-    if args.backend == "trio":
-        backend_version += f", trio {version_of('trio')}"
-    print(f"backend:  {args.backend} ({backend_version})")
-    print(f"bulkpipe: {version_of('bulkpipe')}; aiometer: {version_of('aiometer')}")
-    mode = "quick (item counts divided by 10)" if args.quick else "full"
-    print(f"mode:     {mode}; sections: {','.join(args.only)}; rounds: {args.rounds}")
-    print(f"load:     {load_average()} before the run")
-    print("targets are judged on each contender's best run; medians and per-round ratios shown")
-    sys.stdout.flush()
-
-
-def load_average() -> str:
-    """The 1-, 5- and 15-minute load averages, or "unknown" where the OS has none."""
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
-def warn_if_busy() -> None:
-    """Say so when other work competed for the CPUs: the throughput figures are then unreliable."""
-    try:
-        recent = os.getloadavg()[1]
-    except OSError:
-        return
-    cpus = os.cpu_count() or 1
-    # This run keeps about one CPU busy itself; warn once other work takes half of the rest.
-    if recent > 1 + 0.5 * max(cpus - 1, 1):
-        print(
-            f"WARNING  5-minute load average {recent:.2f} on {cpus} CPUs: other work competed "
-            "for the CPUs during this run, so throughput figures are unreliable; rerun on a "
-            "quiet machine and compare the per-round ratios"
-        )
-
-
-def print_summary(report: Report, quick: bool) -> None:
-    print("\n== targets ==")
-    for verdict, text in report.targets:
-        print(f"{verdict}  {text}")
-    for note in report.notes:
-        print(f"INFO  {note}")
-    if quick:
-        print("INFO  --quick: fewer items than the targets are set for; figures are indicative")
-    print(f"INFO  load average at the end: {load_average()}")
-    warn_if_busy()
-    if report.problems:
-        print(f"\nWRONG RESULTS from bulkpipe ({len(report.problems)}):")
-        for problem in report.problems:
-            print(f"  {problem}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser = argument_parser("Measure bulkpipe's overhead against baselines in one run.", SECTIONS)
+    args = parse_common(parser, SECTIONS, argv)
     if args.memory_child is not None:
-        return memory_child(args.memory_child, args.backend)
+        if BULKPIPE_IMPORT_ERROR is not None:
+            print(f"cannot import bulkpipe: {BULKPIPE_IMPORT_ERROR}", file=sys.stderr)
+            return 2
+        return memory_child(memory_child_main, args.memory_child, args.backend)
 
-    print_header(args)
+    print_header(
+        "bulkpipe overhead benchmark",
+        args,
+        [("bulkpipe", f"{version_of('bulkpipe')}; aiometer: {version_of('aiometer')}")],
+    )
     report = Report()
-    for section, run_section in (
+    sections: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("noop", partial(section_noop, report, args.backend, args.quick, args.rounds)),
         ("io", partial(section_io, report, args.quick, args.rounds)),
-    ):
-        if section in args.only:
-            try:
-                anyio.run(run_section, backend=args.backend)
-            except SectionAborted as exc:
-                print(f"  section {section} aborted: {exc}", flush=True)
-                report.targets.append(("FAIL", f"{section}: section aborted: {exc}"))
+    ]
+    runs = [(name, run) for name, run in sections if name in args.only]
+    run_sections(report, runs, args.backend, SectionAborted)
     if "memory" in args.only:
         section_memory(report, args.backend, args.quick)
     print_summary(report, args.quick)

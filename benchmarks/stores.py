@@ -29,12 +29,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
-import shlex
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,28 +38,44 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from _stores_support import (
+from _report import (
     MB,
     Report,
-    Shape,
-    WorkerProcess,
+    Runner,
+    argument_parser,
     best,
     check_job,
     current_rss,
-    directory_bytes,
-    drop_prefixed,
     fmt_rate,
+    interleave,
     maxrss,
     median,
-    new_prefix,
+    memory_child,
+    memory_result,
     own_peak_rss,
+    parse_common,
+    print_header,
+    print_rates,
+    print_ratio,
+    print_summary,
+    ratio,
+    run_memory_child,
+    run_sections,
+    scaled,
+    version_of,
+)
+from _stores_support import (
+    Shape,
+    WorkerProcess,
+    directory_bytes,
+    drop_prefixed,
+    new_prefix,
     postgres_ceiling,
     postgres_problem,
     remove_database,
@@ -74,7 +86,6 @@ from bulkpipe import Job, JobOptions, JobStore, Pipeline, WaitTimeout
 from bulkpipe.stores import MemoryStore, SQLiteStore, open_store
 
 SECTIONS = ("e2e", "ceiling", "scaling", "memory")
-BACKENDS = ("asyncio", "trio")
 DEFAULT_POSTGRES_URL = os.environ.get(
     "BULKPIPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -107,9 +118,6 @@ SQLITE_KEYED = "sqlite3 executemany, keyed"
 POSTGRES_CEILING = "psycopg COPY"
 POSTGRES_KEYED = "psycopg COPY, keyed"
 
-# Takes a row or item count, runs one contender over that many, returns the seconds it took.
-Runner = Callable[[int], Awaitable[float]]
-
 
 def make_items(n: int) -> Iterator[dict[str, int]]:
     """The items of every job: ``{"id": 0}`` ... ``{"id": n - 1}``, streamed."""
@@ -120,10 +128,6 @@ def make_items(n: int) -> Iterator[dict[str, int]]:
 async def noop(item: dict[str, Any]) -> None:
     """The no-op processor: all the time spent is the machinery's and the store's."""
     return None
-
-
-def scaled(n: int, quick: bool) -> int:
-    return n // 10 if quick else n
 
 
 class JobFailed(Exception):
@@ -176,71 +180,6 @@ async def run_sync(fn: Callable[[int], float], n: int) -> float:
     """A ceiling is plain blocking driver code; nothing else runs meanwhile."""
     gc.collect()
     return fn(n)
-
-
-async def interleave(
-    contenders: list[tuple[str, Runner]], n: int, rounds: int, warmup: int
-) -> dict[str, list[float]]:
-    """Run every contender ``rounds`` times over ``n``, interleaved; rate (per second) per run.
-
-    Each contender first runs once over ``warmup`` (not counted); the order rotates every round.
-    """
-    for _, runner in contenders:
-        await runner(warmup)
-    rates: dict[str, list[float]] = {name: [] for name, _ in contenders}
-    for round_index in range(rounds):
-        shift = round_index % len(contenders)
-        for name, runner in contenders[shift:] + contenders[:shift]:
-            seconds = await runner(n)
-            rates[name].append(n / seconds)
-            print(
-                f"  round {round_index + 1}/{rounds}  {name:<28} {fmt_rate(n / seconds):>10} /s"
-                f"  ({seconds:.2f} s)",
-                flush=True,
-            )
-    return rates
-
-
-def print_rates(rates: dict[str, list[float]], rounds: int, unit: str) -> None:
-    print(
-        f"  {unit:<28}"
-        + "".join(f"{f'round {i + 1}':>10}" for i in range(rounds))
-        + f"{'best':>10}{'median':>10}"
-    )
-    for name, values in rates.items():
-        print(
-            f"  {name:<28}"
-            + "".join(f"{fmt_rate(v):>10}" for v in values)
-            + f"{fmt_rate(best(values)):>10}{fmt_rate(median(values)):>10}"
-        )
-
-
-@dataclass(frozen=True)
-class Ratio:
-    """One contender's rate over another's, three ways."""
-
-    best: float  # best run over best run: what the targets are judged on
-    median: float
-    per_round: list[float]  # within each round (back to back, similar load)
-
-
-def ratio(rates: dict[str, list[float]], top: str, bottom: str) -> Ratio | None:
-    if top not in rates or bottom not in rates:
-        return None
-    return Ratio(
-        best=best(rates[top]) / best(rates[bottom]),
-        median=median(rates[top]) / median(rates[bottom]),
-        per_round=[a / b for a, b in zip(rates[top], rates[bottom], strict=True)],
-    )
-
-
-def print_ratio(label: str, value: Ratio, threshold: float | None = None) -> None:
-    rounds = " ".join(f"{r:.3f}" for r in value.per_round)
-    target = f"   target >= {threshold:g}" if threshold is not None else ""
-    print(
-        f"  {label:<44} best {value.best:.3f}   median {value.median:.3f}   "
-        f"per round {rounds}{target}"
-    )
 
 
 async def section_throughput(
@@ -298,15 +237,14 @@ async def section_throughput(
                 postgres_fn = partial(postgres_ceiling, postgres_url, prefix, shape)
                 contenders.append((name, partial(run_sync, postgres_fn)))
 
-    rates = await interleave(contenders, n, rounds, warmup=scaled(E2E_WARMUP, quick))
+    rates = await interleave(contenders, n, rounds, scaled(E2E_WARMUP, quick), "/s")
     print()
-    print_rates(rates, rounds, "items (rows) / s")
+    print_rates(rates, rounds, "items (rows) / s", width=10)
     print()
     if MEMORY in rates:
         for name in (SQLITE, POSTGRES):
             value = ratio(rates, name, MEMORY)
-            if value is not None:
-                print_ratio(f"{name} / {MEMORY}", value)
+            print_ratio(f"{name} / {MEMORY}", value, width=44, digits=3)
     checks = (
         (SQLITE, SQLITE_CEILING, TARGET_SQLITE_VS_CEILING, "plain table"),
         (POSTGRES, POSTGRES_CEILING, TARGET_POSTGRES_VS_CEILING, "plain table"),
@@ -315,8 +253,7 @@ async def section_throughput(
     )
     for store, driver, threshold, table in checks:
         value = ratio(rates, store, driver)
-        if value is not None:
-            print_ratio(f"{store} / {driver}", value, threshold)
+        print_ratio(f"{store} / {driver}", value, threshold, width=44, digits=3)
         skip = None
         if not (e2e and ceiling):
             skip = "needs both e2e and ceiling in --only"
@@ -444,7 +381,7 @@ async def section_scaling(
             )
     rates = {f"{k} worker(s)": [r.rate for r in runs] for k, runs in results.items()}
     print()
-    print_rates(rates, rounds, "items/s")
+    print_rates(rates, rounds, "items/s", width=10)
     print()
     print(f"  {'speed-up over 1 worker':<22}{'best':>10}{'median':>10}{'ideal':>10}")
     one = rates["1 worker(s)"]
@@ -483,29 +420,12 @@ async def memory_child_main(n: int) -> dict[str, Any]:
             ru_maxrss = maxrss()
             vm_hwm = own_peak_rss()
             file_size = directory_bytes(Path(directory))
-    return {
-        "items": n,
-        "rss_before": rss_before,
-        # The target is judged on VmHWM where there is one: ru_maxrss includes the parent's
-        # peak (see maxrss()).
-        "peak_rss": vm_hwm if vm_hwm is not None else ru_maxrss,
-        "ru_maxrss": ru_maxrss,
-        "vm_hwm": vm_hwm,
-        "seconds": seconds,
-        "file_bytes": file_size,
-        "status": str(job.status),
-        "succeeded_items": job.succeeded_items,
-        "failed_items": job.failed_items,
-        "total_items": job.total_items,
-    }
-
-
-def memory_child(n: int, backend: str) -> int:
-    """The body of ``--memory-child N``: prints one JSON line; exit 1 on a wrong result."""
-    result = anyio.run(memory_child_main, n, backend=backend)
-    print(json.dumps(result), flush=True)
-    ok = result["status"] == "completed" and result["succeeded_items"] == n
-    return 0 if ok else 1
+    # The target is judged on VmHWM where there is one: ru_maxrss includes the parent's peak
+    # (see maxrss()).
+    peak = vm_hwm if vm_hwm is not None else ru_maxrss
+    return memory_result(
+        job, n, rss_before, peak, seconds, ru_maxrss=ru_maxrss, vm_hwm=vm_hwm, file_bytes=file_size
+    )
 
 
 def section_memory(report: Report, backend: str, quick: bool) -> None:
@@ -517,30 +437,9 @@ def section_memory(report: Report, backend: str, quick: bool) -> None:
     )
     results: dict[int, dict[str, Any]] = {}
     for n in counts:
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--memory-child",
-            str(n),
-            "--backend",
-            backend,
-        ]
-        print(f"  running: {shlex.join(command)}", flush=True)
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-        if completed.stderr:
-            sys.stderr.write(completed.stderr)
-        lines = completed.stdout.strip().splitlines()
-        if not lines:
-            report.problem(f"memory child for {n:,} items failed (exit {completed.returncode})")
-            continue
-        result = json.loads(lines[-1])
-        if completed.returncode != 0:
-            report.problem(
-                f"SQLiteStore no-op job over {n:,} items in the memory child: "
-                f"status={result['status']} succeeded={result['succeeded_items']} "
-                f"failed={result['failed_items']} total={result['total_items']}"
-            )
-        results[n] = result
+        result = run_memory_child(report, __file__, n, backend, "SQLiteStore no-op job")
+        if result is not None:
+            results[n] = result
 
     print()
     print(
@@ -590,26 +489,9 @@ def section_memory(report: Report, backend: str, quick: bool) -> None:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def version_of(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Measure bulkpipe's SQL stores against the raw drivers in one run."
-    )
-    parser.add_argument("--quick", action="store_true", help="divide every item count by 10")
-    parser.add_argument("--backend", choices=BACKENDS, default="asyncio", help="anyio backend")
-    parser.add_argument(
-        "--only",
-        default=",".join(SECTIONS),
-        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds per contender (default: 3)"
+    parser = argument_parser(
+        "Measure bulkpipe's SQL stores against the raw drivers in one run.", SECTIONS
     )
     parser.add_argument(
         "--postgres-url",
@@ -622,25 +504,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=SCALING_POLL_INTERVAL,
         help="poll_interval of the scaling worker processes (default: %(default)s s)",
     )
-    parser.add_argument("--memory-child", type=int, metavar="N", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    only = [part.strip() for part in args.only.split(",") if part.strip()]
-    unknown = sorted(set(only) - set(SECTIONS))
-    if unknown or not only:
-        parser.error(f"--only takes a comma-separated subset of {','.join(SECTIONS)}")
-    args.only = only
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    args = parse_common(parser, SECTIONS, argv)
     if args.poll_interval <= 0:
         parser.error("--poll-interval must be positive")
     return args
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def postgres_server_version(url: str) -> str:
@@ -651,74 +518,38 @@ def postgres_server_version(url: str) -> str:
     return str(row[0]) if row is not None else "unknown"
 
 
-def print_header(args: argparse.Namespace, pg_problem: str | None, directory: Path) -> None:
-    print("bulkpipe stores benchmark")
-    print(f"command:    {shlex.join([sys.executable, *sys.argv])}")
-    print(
-        f"python:     {platform.python_version()} ({platform.python_implementation()}) on "
-        f"{platform.platform()}, {os.cpu_count()} CPUs"
-    )
-    backend_version = f"anyio {version_of('anyio')}"
-    if args.backend == "trio":
-        backend_version += f", trio {version_of('trio')}"
-    print(f"backend:    {args.backend} ({backend_version})")
-    print(
-        f"bulkpipe:   {version_of('bulkpipe')}; SQLite {sqlite3.sqlite_version}; "
-        f"psycopg {version_of('psycopg')}"
-    )
+def print_stores_header(args: argparse.Namespace, pg_problem: str | None, directory: Path) -> None:
     if pg_problem is None:
         server = postgres_server_version(args.postgres_url)
-        print(f"postgresql: {args.postgres_url} (server {server})")
+        postgresql = f"{args.postgres_url} (server {server})"
     else:
-        print(f"postgresql: unavailable: {pg_problem}")
-    print(f"temp dir:   {directory} (SQLite files)")
-    mode = "quick (item counts divided by 10)" if args.quick else "full"
-    print(f"mode:       {mode}; sections: {','.join(args.only)}; rounds: {args.rounds}")
-    print(f"load:       {load_average()} before the run")
-    print("targets are judged on each contender's best run; medians and per-round ratios shown")
-    sys.stdout.flush()
-
-
-def warn_if_busy() -> None:
-    try:
-        recent = os.getloadavg()[1]
-    except OSError:
-        return
-    cpus = os.cpu_count() or 1
-    if recent > 1 + 0.5 * max(cpus - 1, 1):
-        print(
-            f"WARNING  5-minute load average {recent:.2f} on {cpus} CPUs: other work competed "
-            "for the CPUs during this run, so throughput figures are unreliable"
-        )
-
-
-def print_summary(report: Report, quick: bool) -> None:
-    print("\n== targets ==")
-    for verdict, text in report.targets:
-        print(f"{verdict}  {text}")
-    for note in report.notes:
-        print(f"INFO  {note}")
-    if quick:
-        print("INFO  --quick: fewer items than the targets are set for; figures are indicative")
-    print(f"INFO  load average at the end: {load_average()}")
-    warn_if_busy()
-    if report.problems:
-        print(f"\nWRONG RESULTS ({len(report.problems)}):")
-        for problem in report.problems:
-            print(f"  {problem}")
+        postgresql = f"unavailable: {pg_problem}"
+    print_header(
+        "bulkpipe stores benchmark",
+        args,
+        [
+            (
+                "bulkpipe",
+                f"{version_of('bulkpipe')}; SQLite {sqlite3.sqlite_version}; "
+                f"psycopg {version_of('psycopg')}",
+            ),
+            ("postgresql", postgresql),
+            ("temp dir", f"{directory} (SQLite files)"),
+        ],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.memory_child is not None:
-        return memory_child(args.memory_child, args.backend)
+        return memory_child(memory_child_main, args.memory_child, args.backend)
 
     needs_pg = bool({"e2e", "ceiling", "scaling"} & set(args.only))
     pg_problem = postgres_problem(args.postgres_url) if needs_pg else "not needed"
-    report = Report()
+    report = Report(digits=3)
     with tempfile.TemporaryDirectory(prefix="bulkpipe-bench-") as tmp:
         directory = Path(tmp)
-        print_header(args, pg_problem if needs_pg else None, directory)
+        print_stores_header(args, pg_problem if needs_pg else None, directory)
         runs: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if {"e2e", "ceiling"} & set(args.only):
             runs.append(
@@ -752,12 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                 )
             )
-        for name, run_section in runs:
-            try:
-                anyio.run(run_section, backend=args.backend)
-            except JobFailed as exc:
-                print(f"  section {name} aborted: {exc}", flush=True)
-                report.targets.append(("FAIL", f"{name}: section aborted: {exc}"))
+        run_sections(report, runs, args.backend, JobFailed)
         if "memory" in args.only:
             section_memory(report, args.backend, args.quick)
     print_summary(report, args.quick)

@@ -26,7 +26,7 @@ from .lifecycle import failure_ratio_exceeded, settle
 from .models import JobStatus
 from .processors import Adapted
 from .retry import backoff_delay
-from .store import BatchReport, ClaimedBatch, JobSpec, Lease, OutcomeRow, Progress
+from .store import BatchReport, ClaimedBatch, JobSpec, Lease, OutcomeRow
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -131,7 +131,6 @@ class JobRunner:
         self.exhausted = False
         self.closing = False
         self.ended = False  # the job reached a terminal status
-        self.progress: Progress | None = None
         self.finished = anyio.Event()
         self._idle: deque[anyio.Event] = deque()  # lanes waiting for work
         self._waking = 0  # lanes woken or spawned that have not run yet
@@ -608,7 +607,6 @@ class JobRunner:
             if batch.lease.batch_no in lost:
                 self._drop(batch)
         self._forget_finished()
-        self.progress = progress
         if progress.status.is_terminal:
             self.stop(ended=True)
             return

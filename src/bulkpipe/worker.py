@@ -245,7 +245,7 @@ class Worker:
     async def call_store(
         self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        """Call the store (one place to add retries around store calls)."""
+        """Call the store; the scheduler's one door to it (stores retry their own errors)."""
         return await fn(*args, **kwargs)
 
     async def _heartbeat(self) -> None:

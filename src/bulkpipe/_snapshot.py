@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from .models import Job, JobStatus, JobSummary, ProcessingError
+from .models import ItemOutcome, ItemStatus, Job, JobStatus, JobSummary, ProcessingError
 from .options import JobOptions
 from .store import OutcomeRow
 
@@ -17,6 +19,85 @@ MAX_ERRORS = 100
 def to_datetime(ts: float | None) -> datetime | None:
     """Epoch seconds to an aware UTC datetime."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+@lru_cache(maxsize=256)
+def options_from_json(text: str) -> JobOptions:
+    """Stored options (JSON text), parsed once per distinct text."""
+    return JobOptions.model_validate_json(text)
+
+
+def outcome_from_row(
+    item_id: str,
+    ok: Any,
+    result: str | None,
+    error: str | None,
+    error_type: str | None,
+    attempts: int,
+    started_at: float,
+    finished_at: float,
+) -> ItemOutcome:
+    """An :class:`ItemOutcome` from stored outcome columns (``OutcomeRow`` order)."""
+    return ItemOutcome(
+        item_id=item_id,
+        status=ItemStatus.SUCCEEDED if ok else ItemStatus.FAILED,
+        result=json.loads(result) if ok and result is not None else None,
+        error=error,
+        error_type=error_type,
+        attempts=attempts,
+        started_at=datetime.fromtimestamp(started_at, UTC),
+        finished_at=datetime.fromtimestamp(finished_at, UTC),
+    )
+
+
+def job_from_row(row: Sequence[Any], errors: list[ProcessingError]) -> Job:
+    """A :class:`Job` from the job columns every SQL store selects, in this order: id, type,
+    status, options (JSON), priority, retry_of, owner, source, params (JSON text or a dict),
+    sealed, total, succeeded, failed, rejected, error_count, created_at, started_at,
+    updated_at, completed_at."""
+    (
+        job_id,
+        type_,
+        status,
+        options,
+        priority,
+        retry_of,
+        owner,
+        source,
+        params,
+        sealed,
+        total,
+        succeeded,
+        failed,
+        rejected,
+        error_count,
+        created_at,
+        started_at,
+        updated_at,
+        completed_at,
+    ) = row
+    return build_job(
+        id=job_id,
+        type=type_,
+        status=JobStatus(status),
+        options=options_from_json(options),
+        priority=priority,
+        retry_of=retry_of,
+        owner=owner,
+        source=source,
+        params=json.loads(params) if isinstance(params, str) else params,
+        sealed=bool(sealed),
+        total=total,
+        succeeded=succeeded,
+        failed=failed,
+        rejected=rejected,
+        errors=errors,
+        error_count=error_count,
+        created_at=created_at,
+        started_at=started_at,
+        updated_at=updated_at,
+        completed_at=completed_at,
+    )
 
 
 def errors_from_rows(rows: Iterable[OutcomeRow], room: int) -> list[ProcessingError]:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import time
 from collections import deque
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime
 
 import attrs
 
-from .._snapshot import MAX_ERRORS, build_job, errors_from_rows
+from .._snapshot import MAX_ERRORS, build_job, errors_from_rows, outcome_from_row
 from ..errors import JobNotFound, StoreError
-from ..models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
+from ..models import ItemOutcome, Job, JobStatus, ProcessingError
 from ..options import JobOptions
 from ..store import (
     BatchReport,
@@ -112,19 +110,6 @@ class _Job:
             updated_at=self.updated_at,
             completed_at=self.completed_at,
         )
-
-
-def _outcome(row: OutcomeRow) -> ItemOutcome:
-    return ItemOutcome(
-        item_id=row.item_id,
-        status=ItemStatus.SUCCEEDED if row.ok else ItemStatus.FAILED,
-        result=json.loads(row.result) if row.ok and row.result is not None else None,
-        error=row.error,
-        error_type=row.error_type,
-        attempts=row.attempts,
-        started_at=datetime.fromtimestamp(row.started_at, UTC),
-        finished_at=datetime.fromtimestamp(row.finished_at, UTC),
-    )
 
 
 class MemoryStore:
@@ -430,7 +415,7 @@ class MemoryStore:
             positions = job.failed_pos
             i = bisect.bisect_left(positions, start)
             chunk = positions[i : i + limit]
-            rows = [_outcome(outcomes[p]) for p in chunk]
+            rows = [outcome_from_row(*outcomes[p]) for p in chunk]
             more = i + limit < len(positions)
             return Page(rows=rows, cursor=chunk[-1] + 1 if more and chunk else None)
         pos = start
@@ -438,7 +423,7 @@ class MemoryStore:
             row = outcomes[pos]
             pos += 1
             if failed is None or row.ok:
-                rows.append(_outcome(row))
+                rows.append(outcome_from_row(*row))
         if failed is False:
             while pos < len(outcomes) and not outcomes[pos].ok:
                 pos += 1  # so the cursor is None when no succeeded row is left

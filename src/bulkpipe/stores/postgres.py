@@ -19,17 +19,16 @@ import math
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from .._snapshot import MAX_ERRORS, build_job
+from .._snapshot import MAX_ERRORS, job_from_row, options_from_json, outcome_from_row
 from ..errors import BulkpipeError, InvalidArgument, JobNotFound, StoreError
 from ..items import encode_json
-from ..models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
-from ..options import JobOptions
+from ..models import ItemOutcome, Job, JobStatus, ProcessingError
 from ..store import (
     BatchReport,
     ClaimedBatch,
@@ -66,11 +65,6 @@ _FIRST_DELAY, _MAX_DELAY = 0.02, 1.0
 
 Row = tuple[Any, ...]
 Conn = psycopg.Connection[Row]
-
-
-@lru_cache(maxsize=256)
-def _options(text: str) -> JobOptions:
-    return JobOptions.model_validate_json(text)
 
 
 def _clean(text: str | None) -> str | None:
@@ -112,64 +106,12 @@ def _progress(row: Row, lost: tuple[int, ...] = ()) -> Progress:
 
 
 def _job(row: Row) -> Job:
-    (
-        job_id,
-        type_,
-        status,
-        options,
-        priority,
-        retry_of,
-        owner,
-        source,
-        params,
-        sealed,
-        total,
-        succeeded,
-        failed,
-        rejected,
-        error_count,
-        errors,
-        created_at,
-        started_at,
-        updated_at,
-        completed_at,
-    ) = row
-    return build_job(
-        id=job_id,
-        type=type_,
-        status=JobStatus(status),
-        options=_options(options),
-        priority=priority,
-        retry_of=retry_of,
-        owner=owner,
-        source=source,
-        params=params,
-        sealed=sealed,
-        total=total,
-        succeeded=succeeded,
-        failed=failed,
-        rejected=rejected,
-        errors=[_error(e) for e in errors],
-        error_count=error_count,
-        created_at=created_at,
-        started_at=started_at,
-        updated_at=updated_at,
-        completed_at=completed_at,
-    )
+    # The errors list (a JSON array) comes between error_count and created_at.
+    return job_from_row((*row[:15], *row[16:]), [_error(e) for e in row[15]])
 
 
 def _outcome(row: Row) -> ItemOutcome:
-    _, item_id, ok, result, error, error_type, attempts, started_at, finished_at = row
-    return ItemOutcome(
-        item_id=item_id,
-        status=ItemStatus.SUCCEEDED if ok else ItemStatus.FAILED,
-        result=json.loads(result) if ok and result is not None else None,
-        error=error,
-        error_type=error_type,
-        attempts=attempts,
-        started_at=datetime.fromtimestamp(started_at, UTC),
-        finished_at=datetime.fromtimestamp(finished_at, UTC),
-    )
+    return outcome_from_row(*row[1:])
 
 
 def _page_rows(rows: list[Row], job_id: str) -> list[Row]:
@@ -611,7 +553,9 @@ class PostgresStore:
             return None
         job_id, type_, options, priority, batch_no, token, claims, ids, payloads = row
         return ClaimedBatch(
-            job=JobSpec(id=job_id, type=type_, options=_options(options), priority=priority),
+            job=JobSpec(
+                id=job_id, type=type_, options=options_from_json(options), priority=priority
+            ),
             lease=Lease(job_id=job_id, batch_no=batch_no, token=token),
             items=list(zip(ids, payloads, strict=True)) if ids is not None else [],
             claims=claims,

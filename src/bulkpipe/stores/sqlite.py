@@ -15,11 +15,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._snapshot import MAX_ERRORS, build_job
+from .._snapshot import MAX_ERRORS, job_from_row, options_from_json, outcome_from_row
 from ..errors import InvalidArgument, JobNotFound, StoreError
 from ..items import encode_json
-from ..models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
-from ..options import JobOptions
+from ..models import ItemOutcome, Job, JobStatus, ProcessingError
 from ..store import (
     BatchReport,
     ClaimedBatch,
@@ -54,11 +53,6 @@ _HINTS = {
     sqlite3.SQLITE_CORRUPT: "the database file is corrupt; restore it from a backup",
     sqlite3.SQLITE_NOTADB: "the file is not a SQLite database (or it is encrypted); check the path",
 }
-
-
-@lru_cache(maxsize=256)
-def _options(text: str) -> JobOptions:
-    return JobOptions.model_validate_json(text)
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -108,21 +102,11 @@ def _progress(row: Sequence[Any], lost: tuple[int, ...] = ()) -> Progress:
 
 def _spec(row: Sequence[Any]) -> JobSpec:
     _, job_id, type_, _, options, priority = row
-    return JobSpec(id=job_id, type=type_, options=_options(options), priority=priority)
+    return JobSpec(id=job_id, type=type_, options=options_from_json(options), priority=priority)
 
 
 def _outcome(row: Sequence[Any]) -> ItemOutcome:
-    _, item_id, ok, result, error, error_type, attempts, started_at, finished_at = row
-    return ItemOutcome(
-        item_id=item_id,
-        status=ItemStatus.SUCCEEDED if ok else ItemStatus.FAILED,
-        result=json.loads(result) if ok and result is not None else None,
-        error=error,
-        error_type=error_type,
-        attempts=attempts,
-        started_at=datetime.fromtimestamp(started_at, UTC),
-        finished_at=datetime.fromtimestamp(finished_at, UTC),
-    )
+    return outcome_from_row(*row[1:])
 
 
 def _next(rows: Sequence[Any], limit: int, cursor: int | None) -> int | None:
@@ -711,50 +695,7 @@ class SQLiteStore:
                 self._q["job_errors"], {"job": row[0], "limit": MAX_ERRORS}
             )
         ]
-        (
-            _,
-            job_id,
-            type_,
-            status,
-            options,
-            priority,
-            retry_of,
-            owner,
-            source,
-            params,
-            sealed,
-            total,
-            succeeded,
-            failed,
-            rejected,
-            error_count,
-            created_at,
-            started_at,
-            updated_at,
-            completed_at,
-        ) = row
-        return build_job(
-            id=job_id,
-            type=type_,
-            status=JobStatus(status),
-            options=_options(options),
-            priority=priority,
-            retry_of=retry_of,
-            owner=owner,
-            source=source,
-            params=json.loads(params) if params is not None else None,
-            sealed=bool(sealed),
-            total=total,
-            succeeded=succeeded,
-            failed=failed,
-            rejected=rejected,
-            errors=errors,
-            error_count=error_count,
-            created_at=created_at,
-            started_at=started_at,
-            updated_at=updated_at,
-            completed_at=completed_at,
-        )
+        return job_from_row(row[1:], errors)
 
     def _snapshot(self, conn: sqlite3.Connection, job_id: str) -> Job:
         row = conn.execute(self._q["job_row"], {"id": job_id}).fetchone()

@@ -198,11 +198,11 @@ class JobRunner:
         with anyio.CancelScope(shield=True):
             unfinished = [b.lease for b in self.open if not b.closed]
             if unfinished and not self.ended:
-                await self.worker.call_store(self.store.release, unfinished)
+                await self.store.release(unfinished)
             if not self.ended and not unfinished:
                 # Read afresh: a read that overlapped our last write may have returned counts
                 # from before it, and settling on those would leave the job unfinished.
-                progress = await self.worker.call_store(self.store.record, self.spec.id, [])
+                progress = await self.store.record(self.spec.id, [])
                 await settle(self.store, self.spec.id, progress)
 
     # -- claiming ---------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class JobRunner:
                 self._add(claimed, work)
                 continue
             # Nothing to claim now: either every item is in (we are done) or more may come.
-            progress = await self.worker.call_store(self.store.record, self.spec.id, [])
+            progress = await self.store.record(self.spec.id, [])
             if progress.sealed or progress.status.is_terminal:
                 break
             await self.worker.wait_for_work(self._more)
@@ -593,7 +593,7 @@ class JobRunner:
                 # the store gives its lease up as the done report commits.
                 batch.closed = True
         try:
-            progress = await self.worker.call_store(self.store.record, self.spec.id, batches)
+            progress = await self.store.record(self.spec.id, batches)
         except Exception:
             for batch, _, done in reports:
                 if done:
@@ -612,9 +612,7 @@ class JobRunner:
             return
         error = failure_ratio_exceeded(progress, self.options.max_failure_ratio)
         if error is not None:
-            await self.worker.call_store(
-                self.store.finish_job, self.spec.id, JobStatus.FAILED, error
-            )
+            await self.store.finish_job(self.spec.id, JobStatus.FAILED, error)
             self.stop(ended=True)
 
     def _forget_finished(self) -> None:

@@ -7,9 +7,8 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import ParamSpec, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -22,9 +21,6 @@ from .runner import JobRunner
 from .store import ClaimedBatch, JobStore
 
 log = logging.getLogger("bulkpipe.worker")
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def _default_worker_id() -> str:
@@ -153,8 +149,7 @@ class Worker:
             task_status.started()
             try:
                 while not self._stopping:
-                    claimed = await self.call_store(
-                        self.store.claim_batch,
+                    claimed = await self.store.claim_batch(
                         worker_id=self.worker_id,
                         lease_seconds=self.lease_timeout,
                         exclude=self._running_jobs | self._stopped_jobs,
@@ -221,8 +216,7 @@ class Worker:
         """Claim the next batch of one job this worker already runs."""
         if self._stopping or job_id in self._stopped_jobs:
             return None
-        return await self.call_store(
-            self.store.claim_batch,
+        return await self.store.claim_batch(
             worker_id=self.worker_id,
             lease_seconds=self.lease_timeout,
             job_id=job_id,
@@ -241,12 +235,6 @@ class Worker:
         if runner is not None:
             runner.stop()
             await runner.finished.wait()
-
-    async def call_store(
-        self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
-    ) -> R:
-        """Call the store; the scheduler's one door to it (stores retry their own errors)."""
-        return await fn(*args, **kwargs)
 
     async def _heartbeat(self) -> None:
         interval = min(self.lease_timeout / 3, 1.0)

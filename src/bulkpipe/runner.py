@@ -41,7 +41,6 @@ class OpenBatch:
     """A claimed batch while this worker holds it."""
 
     __slots__ = (
-        "claims",
         "closed",
         "deadline",
         "flushed",
@@ -57,7 +56,6 @@ class OpenBatch:
 
     def __init__(self, claimed: ClaimedBatch, deadline: float) -> None:
         self.lease: Lease = claimed.lease
-        self.claims = claimed.claims
         self.ids = [item_id for item_id, _ in claimed.items]
         self.items: list[Any] = decode_payloads(claimed.items)
         self.next = 0  # index of the next unstarted item
@@ -368,7 +366,7 @@ class JobRunner:
                         await gate.acquire(priority)
                         held = True
             if scope.cancelled_caught and not batch.closed:
-                self._time_out(batch, current)
+                self._time_out(batch, [] if current is None else [current], 1, None)
         except BaseException:
             if held:
                 self._release_gate()
@@ -389,21 +387,24 @@ class JobRunner:
             return False
         return True
 
-    def _time_out(self, batch: OpenBatch, current: int | None) -> None:
-        """Fail what the batch did not finish by its deadline: the running and the unstarted."""
+    def _time_out(
+        self, batch: OpenBatch, running: Sequence[int], attempts: int, started: float | None
+    ) -> None:
+        """Fail what the batch did not finish by its deadline: the items ``running`` when it
+        passed and every unstarted one."""
         now = time.time()
         message = (
             f"the batch did not finish within {self.options.timeout:g} s "
             "(JobOptions.timeout); this item was not completed"
         )
-        indexes = list(range(batch.next, len(batch.items)))
-        if current is not None:
-            indexes.insert(0, current)
+        indexes = [*running, *range(batch.next, len(batch.items))]
         batch.next = len(batch.items)
-        for i in indexes:
-            batch.rows.append(
-                OutcomeRow(batch.ids[i], False, None, message, BATCH_TIMEOUT, 1, now, now)
+        batch.rows.extend(
+            OutcomeRow(
+                batch.ids[i], False, None, message, BATCH_TIMEOUT, attempts, started or now, now
             )
+            for i in indexes
+        )
         batch.left -= len(indexes)
         if not batch.left:
             self._dirty.set()
@@ -533,20 +534,7 @@ class JobRunner:
                             )
                         )
             if scope.cancelled_caught and not batch.closed:
-                pending += range(batch.next, len(batch.items))  # the chunks not started
-                batch.next = len(batch.items)
-            if scope.cancelled_caught and not batch.closed and pending:
-                now = time.time()
-                message = (
-                    f"the batch did not finish within {options.timeout:g} s (JobOptions.timeout)"
-                )
-                batch.rows.extend(
-                    OutcomeRow(
-                        batch.ids[i], False, None, message, BATCH_TIMEOUT, attempt, started, now
-                    )
-                    for i in pending
-                )
-                batch.left -= len(pending)
+                self._time_out(batch, pending, attempt, started)
         finally:
             batch.scopes.discard(scope)
             batch.lanes -= 1

@@ -6,8 +6,9 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 from pydantic import ValidationError
@@ -34,6 +35,8 @@ from .worker import Worker
 
 #: A registered item source: an async generator of items, taking the job's ``params``.
 Source = Callable[[Mapping[str, Any]], AsyncIterable[Mapping[str, Any]]]
+
+E = TypeVar("E", bound=StrEnum)
 
 _POLL_MIN, _POLL_MAX = 0.005, 0.25
 
@@ -388,7 +391,7 @@ class Pipeline:
         if limit < 1 or offset < 0:
             raise InvalidArgument(f"limit must be >= 1 and offset >= 0, not {limit} and {offset}")
         return await self.store.list_jobs(
-            status=_job_status(status) if status is not None else None,
+            status=_parse_status(JobStatus, status, "job") if status is not None else None,
             owner=owner,
             limit=limit,
             offset=offset,
@@ -433,7 +436,11 @@ class Pipeline:
     ) -> AsyncIterator[ItemOutcome]:
         """Stream the job's final item outcomes, optionally only ``succeeded`` or ``failed``."""
         self._running()
-        failed = None if status is None else _item_status(status) is ItemStatus.FAILED
+        failed = (
+            None
+            if status is None
+            else _parse_status(ItemStatus, status, "item") is ItemStatus.FAILED
+        )
         await self.store.get_job(job_id)
         cursor: int | None = None
         while True:
@@ -497,19 +504,10 @@ class Pipeline:
         return await self.store.get_job(retry.id)
 
 
-def _job_status(status: JobStatus | str) -> JobStatus:
+def _parse_status(kind: type[E], status: E | str, what: str) -> E:
     try:
-        return JobStatus(status)
+        return kind(status)
     except ValueError:
         raise InvalidArgument(
-            f"unknown job status {status!r}; use one of {', '.join(s.value for s in JobStatus)}"
-        ) from None
-
-
-def _item_status(status: ItemStatus | str) -> ItemStatus:
-    try:
-        return ItemStatus(status)
-    except ValueError:
-        raise InvalidArgument(
-            f"unknown item status {status!r}; use one of {', '.join(s.value for s in ItemStatus)}"
+            f"unknown {what} status {status!r}; use one of {', '.join(s.value for s in kind)}"
         ) from None

@@ -8,12 +8,21 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from pydantic import ValidationError
+
 from .models import ItemOutcome, ItemStatus, Job, JobStatus, JobSummary, ProcessingError
 from .options import JobOptions
-from .store import OutcomeRow
+from .store import JobSpec, OutcomeRow
 
 #: How many errors a job snapshot lists; ``error_count`` has the total.
 MAX_ERRORS = 100
+
+#: Error type of a job whose stored row cannot be read (its options do not validate, or its
+#: params are not JSON): its snapshot lists this error, and a worker that claims it fails it.
+UNREADABLE_JOB = "UnreadableJob"
+
+#: Error type of an outcome whose stored result cannot be decoded; its ``result`` is None.
+UNREADABLE_RESULT = "UnreadableResult"
 
 
 def to_datetime(ts: float | None) -> datetime | None:
@@ -27,6 +36,40 @@ def options_from_json(text: str) -> JobOptions:
     return JobOptions.model_validate_json(text)
 
 
+@lru_cache(maxsize=256)
+def read_options(text: str) -> tuple[JobOptions, str | None]:
+    """Stored options (JSON text), parsed once per distinct text, never raising: options that
+    do not validate (e.g. ``"timeout": null``, which earlier versions stored for an infinite
+    timeout, or a hand-edited row) give the default options and why they could not be read."""
+    try:
+        return JobOptions.model_validate_json(text), None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        return JobOptions(), (
+            f"the job's stored options cannot be read ({problems}); it cannot run, so it "
+            "fails when a worker claims it: submit its items again with valid options"
+        )
+
+
+def job_spec(*, id: str, type: str, options: str, priority: int) -> JobSpec:
+    """A :class:`JobSpec` from stored columns (``options`` as JSON text). Options that cannot
+    be read give default ones and ``options_error``; the worker then fails the job."""
+    parsed, problem = read_options(options)
+    return JobSpec(id=id, type=type, options=parsed, priority=priority, options_error=problem)
+
+
+def _decode_result(item_id: str, text: str) -> tuple[Any, str | None]:
+    try:
+        return json.loads(text), None
+    except (ValueError, RecursionError) as exc:
+        return None, (
+            f"the stored result of item {item_id!r} cannot be decoded ({type(exc).__name__}: "
+            f"{exc}); the item succeeded, but its result is lost"
+        )
+
+
 def outcome_from_row(
     item_id: str,
     ok: Any,
@@ -37,11 +80,18 @@ def outcome_from_row(
     started_at: float,
     finished_at: float,
 ) -> ItemOutcome:
-    """An :class:`ItemOutcome` from stored outcome columns (``OutcomeRow`` order)."""
+    """An :class:`ItemOutcome` from stored outcome columns (``OutcomeRow`` order). A result
+    that cannot be decoded gives a succeeded outcome with no result, flagged with
+    ``error_type`` :data:`UNREADABLE_RESULT` and an ``error`` saying why, instead of raising."""
+    value = None
+    if ok and result is not None:
+        value, problem = _decode_result(item_id, result)
+        if problem is not None:
+            error, error_type = problem, UNREADABLE_RESULT
     return ItemOutcome(
         item_id=item_id,
         status=ItemStatus.SUCCEEDED if ok else ItemStatus.FAILED,
-        result=json.loads(result) if ok and result is not None else None,
+        result=value,
         error=error,
         error_type=error_type,
         attempts=attempts,
@@ -54,7 +104,11 @@ def job_from_row(row: Sequence[Any], errors: list[ProcessingError]) -> Job:
     """A :class:`Job` from the job columns every SQL store selects, in this order: id, type,
     status, options (JSON), priority, retry_of, owner, source, params (JSON text or a dict),
     sealed, total, succeeded, failed, rejected, error_count, created_at, started_at,
-    updated_at, completed_at."""
+    updated_at, completed_at.
+
+    A row that cannot be read whole still gives a job: options that do not validate give the
+    default options, params that are not JSON give None, and the snapshot's errors start with
+    one :data:`UNREADABLE_JOB` error saying what could not be read."""
     (
         job_id,
         type_,
@@ -76,16 +130,33 @@ def job_from_row(row: Sequence[Any], errors: list[ProcessingError]) -> Job:
         updated_at,
         completed_at,
     ) = row
+    opts, problem = read_options(options)
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except (ValueError, RecursionError) as exc:
+            params = None
+            problem = (problem + "; " if problem else "") + (
+                f"the job's stored params cannot be read ({type(exc).__name__}: {exc})"
+            )
+    if problem is not None and not any(e.error_type == UNREADABLE_JOB for e in errors):
+        # Not recorded yet (a worker records it when it fails the job): shown, not stored.
+        when = datetime.fromtimestamp(created_at, UTC)
+        unreadable = ProcessingError(
+            item_id=None, error=problem, error_type=UNREADABLE_JOB, timestamp=when
+        )
+        errors = [unreadable, *errors][:MAX_ERRORS]
+        error_count += 1
     return build_job(
         id=job_id,
         type=type_,
         status=JobStatus(status),
-        options=options_from_json(options),
+        options=opts,
         priority=priority,
         retry_of=retry_of,
         owner=owner,
         source=source,
-        params=json.loads(params) if isinstance(params, str) else params,
+        params=params,
         sealed=bool(sealed),
         total=total,
         succeeded=succeeded,

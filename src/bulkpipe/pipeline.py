@@ -13,6 +13,7 @@ from typing import Any, Self, TypeVar
 import anyio
 from pydantic import ValidationError
 
+from ._snapshot import UNREADABLE_JOB
 from .errors import (
     InvalidArgument,
     ItemSourceError,
@@ -28,7 +29,7 @@ from .gate import PriorityGate
 from .items import chunked, duplicate_errors, encode_items
 from .lifecycle import settle
 from .models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
-from .options import JobOptions
+from .options import JobOptions, check_priority
 from .processors import ProcessorRegistry
 from .store import EncodedItem, JobStore
 from .worker import Worker
@@ -188,8 +189,7 @@ class Pipeline:
         opts = self._options(options)
         if not isinstance(processor, str) or not processor:
             raise InvalidArgument(f"processor must be a non-empty name, not {processor!r}")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidArgument(f"priority must be an integer, not {priority!r}")
+        check_priority(priority)
         if self.workers and not self._registry.knows(processor):
             raise UnknownProcessor(processor, sorted(self._registry.names()))
         if (items is None) == (source is None):
@@ -220,9 +220,9 @@ class Pipeline:
 
     def _options(self, options: JobOptions | Mapping[str, Any] | None) -> JobOptions:
         if options is None:
-            return self.default_options
+            return _validated(self.default_options)
         if isinstance(options, JobOptions):
-            return options
+            return _validated(options)
         try:
             return self.default_options.model_copy(
                 update=JobOptions.model_validate(
@@ -482,7 +482,13 @@ class Pipeline:
             raise JobNotFinished(job_id, job.status.value)
         if job.failed_items == 0:
             raise NothingToRetry(job_id)
-        opts = options or job.options
+        if options is None and _unreadable(job):
+            raise InvalidArgument(
+                f"the stored options of job {job_id!r} cannot be read (see its errors); pass "
+                "options=... to retry it"
+            )
+        opts = _validated(options or job.options)
+        check_priority(job.priority)
         retry = self._new_job(job.type, opts, job.priority, retry_of=job_id, owner=job.owner)
         await self.store.create_job(retry)
         cursor: int | None = None
@@ -502,6 +508,18 @@ class Pipeline:
             cursor = page.cursor
         await self._seal(retry.id)
         return await self.store.get_job(retry.id)
+
+
+def _validated(options: JobOptions) -> JobOptions:
+    """``options`` validated again: ``model_copy(update=...)`` and ``model_construct`` skip
+    validation, and a value that is not finite would be stored as JSON ``null``, which no
+    worker can read back."""
+    return JobOptions.model_validate(options.model_dump())
+
+
+def _unreadable(job: Job) -> bool:
+    """True if the job's stored options could not be read (its snapshot has default ones)."""
+    return any(e.item_id is None and e.error_type == UNREADABLE_JOB for e in job.errors)
 
 
 def _parse_status(kind: type[E], status: E | str, what: str) -> E:

@@ -38,12 +38,17 @@ class OutcomeRow(NamedTuple):
 
 @attrs.frozen(kw_only=True)
 class JobSpec:
-    """What a worker needs to run a job's batches."""
+    """What a worker needs to run a job's batches.
+
+    ``options_error`` says why the stored options could not be read (``options`` are then the
+    defaults); a worker fails such a job instead of running it.
+    """
 
     id: str
     type: str
     options: JobOptions
     priority: int
+    options_error: str | None = None
 
 
 @attrs.frozen(kw_only=True)

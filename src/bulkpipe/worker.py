@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._snapshot import UNREADABLE_JOB
 from .gate import PriorityGate
 from .lifecycle import settle
 from .models import JobStatus, ProcessingError
@@ -183,6 +184,24 @@ class Worker:
 
     async def _run_claimed(self, claimed: ClaimedBatch) -> None:
         spec = claimed.job
+        if spec.options_error is not None:
+            # The stored row cannot be read: fail the job, never the worker.
+            await self.store.release([claimed.lease])
+            _, changed = await self.store.finish_job(
+                spec.id,
+                JobStatus.FAILED,
+                ProcessingError(
+                    item_id=None,
+                    error=spec.options_error,
+                    error_type=UNREADABLE_JOB,
+                    timestamp=datetime.now(UTC),
+                ),
+            )
+            if changed:  # once, though several workers may claim it at the same time
+                log.error("job %s: %s; the job was marked failed", spec.id, spec.options_error)
+            if self.on_job_end is not None:
+                self.on_job_end(spec.id)
+            return
         try:
             processor = await self.registry.ready(spec.type)
         except Exception as exc:

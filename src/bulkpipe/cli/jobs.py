@@ -27,6 +27,10 @@ FOLLOW_INTERVAL = 0.25
 
 JOB = click.argument("job_id", metavar="JOB")
 
+#: The largest ``list --limit`` and ``--offset`` (as over HTTP): a store's driver may refuse
+#: a larger integer (SQLite: 64 bits).
+MAX_OFFSET = 2**31 - 1
+
 
 def job_exit(job: Job) -> int:
     """0 when the job completed; 1 when it failed or was cancelled."""
@@ -183,8 +187,8 @@ def watch(
     help="Only jobs with this status.",
 )
 @click.option("--owner", help="Only jobs with this owner tag.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_OFFSET), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(0, MAX_OFFSET), default=0, show_default=True)
 @json_option
 @store_option
 @click.pass_context

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..models import Job
+from ..options import PRIORITY_MAX, PRIORITY_MIN
 from ..pipeline import Pipeline
 from ..processors import ProcessorRegistry
 from .inputs import FORMATS, parse_params, read_items
@@ -37,7 +38,13 @@ from .runtime import load_source
     help="A parameter of --source (repeatable); a VALUE that is JSON is decoded.",
 )
 @job_option_flags
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option(
+    "--priority",
+    type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX),
+    default=0,
+    show_default=True,
+    help=f"Higher runs first; from {PRIORITY_MIN} to {PRIORITY_MAX}.",
+)
 @click.option("--owner", help="An owner or tenant tag to keep on the job.")
 @wait_options
 @json_option

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ..models import ItemOutcome, Job
-from ..options import JobOptions
+from ..options import PRIORITY_MAX, PRIORITY_MIN, JobOptions
 
 #: A processor, source or owner name: 1 to 200 characters, no control characters (they have no
 #: business in a name, and some stores cannot hold a NUL).
@@ -20,11 +20,12 @@ Name = Annotated[
 ]
 
 #: Priorities fit a 32-bit signed integer, the narrowest column a store may use for them.
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT32_MIN, INT32_MAX = PRIORITY_MIN, PRIORITY_MAX
 
 
 class SubmitOptions(JobOptions):
-    """Job options for this job; fields left out take the server's defaults.
+    """Job options for this job; fields left out take the server's defaults. Numbers must be
+    finite: ``1e999`` (which JSON parsers read as infinity), ``NaN`` and ``Infinity`` get 422.
 
     Each field is checked on its own here; the combined checks (``item_concurrency`` not above
     ``batch_size``, ``retry_delay_max`` not below ``retry_delay``) run once the options are

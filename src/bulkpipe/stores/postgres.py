@@ -25,7 +25,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._snapshot import MAX_ERRORS, job_from_row, options_from_json, outcome_from_row
+from .._snapshot import MAX_ERRORS, job_from_row, job_spec, outcome_from_row
 from ..errors import BulkpipeError, InvalidArgument, JobNotFound, StoreError
 from ..items import encode_json
 from ..models import ItemOutcome, Job, JobStatus, ProcessingError
@@ -33,7 +33,6 @@ from ..store import (
     BatchReport,
     ClaimedBatch,
     EncodedItem,
-    JobSpec,
     Lease,
     Page,
     Progress,
@@ -553,9 +552,7 @@ class PostgresStore:
             return None
         job_id, type_, options, priority, batch_no, token, claims, ids, payloads = row
         return ClaimedBatch(
-            job=JobSpec(
-                id=job_id, type=type_, options=options_from_json(options), priority=priority
-            ),
+            job=job_spec(id=job_id, type=type_, options=options, priority=priority),
             lease=Lease(job_id=job_id, batch_no=batch_no, token=token),
             items=list(zip(ids, payloads, strict=True)) if ids is not None else [],
             claims=claims,

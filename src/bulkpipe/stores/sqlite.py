@@ -15,7 +15,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._snapshot import MAX_ERRORS, job_from_row, options_from_json, outcome_from_row
+from .._snapshot import MAX_ERRORS, job_from_row, job_spec, outcome_from_row
 from ..errors import InvalidArgument, JobNotFound, StoreError
 from ..items import encode_json
 from ..models import ItemOutcome, Job, JobStatus, ProcessingError
@@ -102,7 +102,7 @@ def _progress(row: Sequence[Any], lost: tuple[int, ...] = ()) -> Progress:
 
 def _spec(row: Sequence[Any]) -> JobSpec:
     _, job_id, type_, _, options, priority = row
-    return JobSpec(id=job_id, type=type_, options=options_from_json(options), priority=priority)
+    return job_spec(id=job_id, type=type_, options=options, priority=priority)
 
 
 def _outcome(row: Sequence[Any]) -> ItemOutcome:

@@ -176,6 +176,10 @@ async def test_params_that_are_not_json_are_read_as_none(tmp_path: Any) -> None:
     assert got.params is None
     assert "stored params cannot be read" in unreadable(got)
     assert got.options == QUICK  # what could be read is kept
+    async with pipeline_on(url, workers=1) as pipeline:  # workers need no params: it runs
+        done = await pipeline.wait(job.id, timeout=PATIENCE)
+    assert done.status is JobStatus.COMPLETED
+    assert done.succeeded_items == 2
 
 
 def test_reading_options_never_raises() -> None:

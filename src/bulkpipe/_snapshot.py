@@ -21,6 +21,9 @@ MAX_ERRORS = 100
 #: params are not JSON): its snapshot lists this error, and a worker that claims it fails it.
 UNREADABLE_JOB = "UnreadableJob"
 
+#: How an UnreadableJob error about the options begins (the snapshot then has default options).
+OPTIONS_UNREADABLE = "the job's stored options cannot be read"
+
 #: Error type of an outcome whose stored result cannot be decoded; its ``result`` is None.
 UNREADABLE_RESULT = "UnreadableResult"
 
@@ -48,7 +51,7 @@ def read_options(text: str) -> tuple[JobOptions, str | None]:
             f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()[:3]
         )
         return JobOptions(), (
-            f"the job's stored options cannot be read ({problems}); it cannot run, so it "
+            f"{OPTIONS_UNREADABLE} ({problems}); it cannot run, so it "
             "fails when a worker claims it: submit its items again with valid options"
         )
 

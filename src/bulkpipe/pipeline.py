@@ -13,7 +13,7 @@ from typing import Any, Self, TypeVar
 import anyio
 from pydantic import ValidationError
 
-from ._snapshot import UNREADABLE_JOB
+from ._snapshot import OPTIONS_UNREADABLE, UNREADABLE_JOB
 from .errors import (
     InvalidArgument,
     ItemSourceError,
@@ -519,7 +519,12 @@ def _validated(options: JobOptions) -> JobOptions:
 
 def _unreadable(job: Job) -> bool:
     """True if the job's stored options could not be read (its snapshot has default ones)."""
-    return any(e.item_id is None and e.error_type == UNREADABLE_JOB for e in job.errors)
+    return any(
+        e.item_id is None
+        and e.error_type == UNREADABLE_JOB
+        and e.error.startswith(OPTIONS_UNREADABLE)
+        for e in job.errors
+    )
 
 
 def _parse_status(kind: type[E], status: E | str, what: str) -> E:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,24 @@ async def test_http_submit_refuses_a_priority_no_store_can_hold(
     posted, listed = await post_raw(any_url, body)
     assert posted.status_code == 422, posted.text
     assert listed.json()["jobs"] == []
+
+
+@pytest.mark.anyio
+async def test_retry_of_an_old_sqlite_job_with_a_priority_out_of_range_takes_the_bound(
+    tmp_path: Path,
+) -> None:
+    async def fail(item: dict[str, Any]) -> None:
+        raise PermanentError("no")
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    quick = JobOptions(retry_delay=0, retry_delay_max=0, progress_interval=0.05)
+    async with Pipeline(open_store(url), processors={"fail": fail}, poll_interval=0.02) as p:
+        high = await p.wait((await p.submit("fail", [{"id": 1}], options=quick)).id, PATIENCE)
+        low = await p.wait((await p.submit("fail", [{"id": 1}], options=quick)).id, PATIENCE)
+        with sqlite3.connect(tmp_path / "jobs.db") as conn:  # as the old code let it be stored
+            for job, priority in ((high, 2**40), (low, -(2**40))):
+                conn.execute(
+                    "UPDATE bulkpipe_jobs SET priority = ? WHERE id = ?", (priority, job.id)
+                )
+        assert (await p.retry_failed(high.id)).priority == PRIORITY_MAX
+        assert (await p.retry_failed(low.id)).priority == PRIORITY_MIN

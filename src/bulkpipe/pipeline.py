@@ -29,7 +29,7 @@ from .gate import PriorityGate
 from .items import chunked, duplicate_errors, encode_items
 from .lifecycle import settle
 from .models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
-from .options import JobOptions, check_priority
+from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
 from .processors import ProcessorRegistry
 from .store import EncodedItem, JobStore
 from .worker import Worker
@@ -488,8 +488,10 @@ class Pipeline:
                 "options=... to retry it"
             )
         opts = _validated(options or job.options)
-        check_priority(job.priority)
-        retry = self._new_job(job.type, opts, job.priority, retry_of=job_id, owner=job.owner)
+        # Only a SQLite store written before the range was checked holds a priority outside
+        # it; the retry takes the nearest bound, which keeps its place in the order.
+        priority = min(max(job.priority, PRIORITY_MIN), PRIORITY_MAX)
+        retry = self._new_job(job.type, opts, priority, retry_of=job_id, owner=job.owner)
         await self.store.create_job(retry)
         cursor: int | None = None
         size = opts.batch_size

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bulkpipe import JobStatus, Pipeline
+from bulkpipe.http import create_app
 from bulkpipe.items import INVALID_ITEM, MAX_ID_BYTES, encode_items
 from bulkpipe.store import JobStore
 from bulkpipe.stores import MemoryStore, SQLiteStore
@@ -122,3 +124,19 @@ def test_an_accepted_item_always_encodes_as_utf8(item_id: str, value: str) -> No
             assert rejected
         else:
             assert encoded
+
+
+async def test_http_submit_refuses_bad_items_one_by_one() -> None:
+    async with Pipeline(MemoryStore(), processors={"echo": echo}, default_options=QUICK) as p:
+        transport = httpx.ASGITransport(app=create_app(p))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            # \udc80 and \u0000 as JSON escapes: valid JSON that parses to a lone surrogate / NUL
+            body = '{"processor": "echo", "items": [{"id": "ok"}, {"id": "bad\\udc80"}, ' + (
+                '{"id": "nul\\u0000"}, {"id": "p", "v": "\\ud800"}]}'
+            )
+            response = await client.post(
+                "/jobs", content=body, headers={"content-type": "application/json"}
+            )
+        assert response.status_code == 201, response.text
+        job = await p.wait(response.json()["id"], timeout=PATIENCE)
+    assert (job.total_items, job.rejected_items, job.succeeded_items) == (1, 3, 1)

@@ -216,3 +216,12 @@ def test_console_script_fails_on_an_unterminated_csv_quote(tmp_path: Path) -> No
     )
     [job] = json.loads(listed.stdout)
     assert job["status"] == "failed"
+
+
+def test_jsonl_items_that_are_not_utf8_text_are_refused_one_by_one(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"id": "ok"}\n{"id": "bad\\udc80"}\n{"id": "nul\\u0000"}\n{"id": "fine"}\n')
+    result = invoke("submit", "scoring", str(path), "--wait", "--json", "--store", "memory://")
+    assert result.exit_code == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert (job["total_items"], job["rejected_items"]) == (2, 2)

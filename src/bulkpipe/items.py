@@ -16,6 +16,12 @@ _decode = json.JSONDecoder().decode
 
 INVALID_ITEM = "InvalidItem"
 
+#: The longest item id accepted, in bytes of UTF-8 (so 1,000 ASCII characters). Every store
+#: indexes ids; PostgreSQL's btree refuses keys of more than about 2,700 bytes.
+MAX_ID_BYTES = 1000
+# An integer of more bits than this has more than MAX_ID_BYTES digits (str() would be slow).
+_MAX_INT_ID_BITS = 3400
+
 
 def encode_json(value: Any) -> str:
     """Compact, strict JSON (no NaN or Infinity) of ``value``; raises TypeError or ValueError."""
@@ -42,7 +48,9 @@ def encode_items(
     """Encode one chunk of submitted items; refuse (with a reason) the ones that are not valid.
 
     An item must be a mapping with a non-empty string or integer under ``id_key`` and must
-    encode as strict JSON. Repeated ids are refused by the store, which knows every id.
+    encode as strict JSON that is valid UTF-8 text (no lone surrogate). The id must hold no
+    NUL and be at most :data:`MAX_ID_BYTES` bytes of UTF-8. Repeated ids are refused by the
+    store, which knows every id.
     """
     encoded: list[EncodedItem] = []
     rejected: list[ProcessingError] = []
@@ -56,11 +64,22 @@ def encode_items(
             continue
         item_id = item.get(id_key)
         if isinstance(item_id, str):
-            if not item_id:
-                rejected.append(_reject(position, None, f"its {id_key!r} is an empty string"))
-                continue
+            # The common id (short ASCII text) is settled by the first three cheap tests.
+            if not (item_id.isascii() and 0 < len(item_id) <= MAX_ID_BYTES) or "\0" in item_id:
+                problem = _id_problem(item_id)
+                if problem is not None:
+                    rejected.append(_reject(position, None, f"its {id_key!r} {problem}"))
+                    continue
         elif isinstance(item_id, int) and not isinstance(item_id, bool):
+            if item_id.bit_length() > _MAX_INT_ID_BITS:
+                reason = f"its {id_key!r} is an integer of more than {MAX_ID_BYTES} digits"
+                rejected.append(_reject(position, None, reason))
+                continue
             item_id = str(item_id)
+            if len(item_id) > MAX_ID_BYTES:
+                reason = f"its {id_key!r} is an integer of more than {MAX_ID_BYTES} digits"
+                rejected.append(_reject(position, None, reason))
+                continue
         else:
             reason = (
                 f"it has no {id_key!r} key"
@@ -74,8 +93,47 @@ def encode_items(
         except (TypeError, ValueError) as exc:
             rejected.append(_reject(position, item_id, f"it is not JSON-serialisable ({exc})"))
             continue
+        if not payload.isascii():  # isascii() is O(1) on str; only non-ASCII text is checked
+            try:
+                payload.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                reason = (
+                    f"it is not valid UTF-8 text: {payload[exc.start : exc.end]!r} at index "
+                    f"{exc.start} of its JSON is a lone surrogate"
+                )
+                rejected.append(_reject(position, item_id, reason))
+                continue
         encoded.append((item_id, payload))
     return encoded, rejected
+
+
+def _id_problem(item_id: str) -> str | None:
+    """Why a string id cannot be stored, or None if it can (the words follow "its 'id'")."""
+    if not item_id:
+        return "is an empty string"
+    if item_id.isascii():
+        size = len(item_id)
+    else:
+        try:
+            size = len(item_id.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            return (
+                f"{_shown(item_id)} is not valid UTF-8 text: {item_id[exc.start : exc.end]!r} "
+                f"at index {exc.start} is a lone surrogate"
+            )
+    if size > MAX_ID_BYTES:
+        return (
+            f"{_shown(item_id)} is {size} bytes long in UTF-8; ids may be at most "
+            f"{MAX_ID_BYTES} bytes"
+        )
+    if "\0" in item_id:
+        return f"{_shown(item_id)} holds a NUL character (\\x00), which ids may not"
+    return None
+
+
+def _shown(item_id: str) -> str:
+    """The id as a Python literal (surrogates and NUL escaped), cut short if long."""
+    return repr(item_id) if len(item_id) <= 60 else f"{item_id[:40]!r}... ({len(item_id)} chars)"
 
 
 def duplicate_errors(ids: Sequence[str], id_key: str) -> list[ProcessingError]:

@@ -44,6 +44,9 @@ _POLL_MIN, _POLL_MAX = 0.005, 0.25
 #: Items one store call adds at most (at least one batch), when they arrive faster than the
 #: store takes them.
 _ADD_ITEMS = 1000
+#: The default byte budget of one page of outcomes read by :meth:`Pipeline.outcomes` and the
+#: HTTP API (UTF-8 bytes of item ids, results and errors; a larger outcome comes alone).
+OUTCOME_PAGE_BYTES = 8 * 1024 * 1024
 
 #: A batch of encoded items and the errors of the items of its chunk that were refused.
 _Encoded = tuple[list[EncodedItem], list[ProcessingError]]
@@ -432,10 +435,23 @@ class Pipeline:
                 last = now
 
     async def outcomes(
-        self, job_id: str, status: ItemStatus | str | None = None, *, page_size: int = 1000
+        self,
+        job_id: str,
+        status: ItemStatus | str | None = None,
+        *,
+        page_size: int = 1000,
+        page_bytes: int | None = OUTCOME_PAGE_BYTES,
     ) -> AsyncIterator[ItemOutcome]:
-        """Stream the job's final item outcomes, optionally only ``succeeded`` or ``failed``."""
+        """Stream the job's final item outcomes, optionally only ``succeeded`` or ``failed``.
+
+        They are read from the store ``page_size`` at a time and, with ``page_bytes``, at most
+        that many bytes of item ids, results and errors at a time (a single larger outcome is
+        read alone), so memory stays bounded however large the results are."""
         self._running()
+        if page_size < 1 or (page_bytes is not None and page_bytes < 1):
+            raise InvalidArgument(
+                f"page_size and page_bytes must be positive, not {page_size} and {page_bytes}"
+            )
         failed = (
             None
             if status is None
@@ -445,7 +461,7 @@ class Pipeline:
         cursor: int | None = None
         while True:
             page = await self.store.read_outcomes(
-                job_id, failed=failed, cursor=cursor, limit=page_size
+                job_id, failed=failed, cursor=cursor, limit=page_size, max_bytes=page_bytes
             )
             for outcome in page.rows:
                 yield outcome

@@ -204,9 +204,15 @@ class JobStore(Protocol):
         failed: bool | None = None,
         cursor: int | None = None,
         limit: int = 1000,
+        max_bytes: int | None = None,
     ) -> Page[ItemOutcome]:
         """Final outcomes in recording order, optionally only failed (True) or succeeded
-        (False) ones, from an opaque ``cursor`` on."""
+        (False) ones, from an opaque ``cursor`` on.
+
+        With ``max_bytes``, a page also stops before the row that would bring its size (the
+        UTF-8 bytes of each row's item id, result and error, added up) over ``max_bytes``; it
+        always holds at least one row when one is left, however large. The store works this
+        out without loading the rows it leaves out."""
 
     async def read_failed_items(
         self, job_id: str, *, cursor: int | None = None, limit: int = 1000

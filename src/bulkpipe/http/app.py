@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..errors import InvalidArgument, ItemSourceError, JobNotFound
 from ..models import ItemStatus, Job, JobStatus
-from ..pipeline import Pipeline
+from ..pipeline import OUTCOME_PAGE_BYTES, Pipeline
 from ..store import JobStore
 from . import problems
 from .auth import AuthCallable, Principal, principal_dependency
@@ -28,6 +28,8 @@ __all__ = ["create_app"]
 
 #: Media types of ``GET /jobs/{id}/outcomes`` when the client asks for JSON Lines.
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl")
+
+_to_json = OutcomePage.__pydantic_serializer__.to_json
 
 _LOCATION = {"description": "The job's URL.", "schema": {"type": "string"}}
 
@@ -245,9 +247,12 @@ class _Routes:
             name="job_outcomes",
             summary="Read a job's item outcomes",
             description=(
-                "A page of final outcomes in recording order, from `cursor` on. With "
+                "A page of final outcomes in recording order, from `cursor` on: at most "
+                "`limit` outcomes and `max_bytes` bytes of item ids, results and errors (a "
+                "single larger outcome comes alone in its page). With "
                 "`Accept: application/x-ndjson`, every outcome recorded so far (from `cursor` "
-                "on) is streamed instead, one JSON object per line, read `limit` at a time."
+                "on) is streamed instead, one JSON object per line, read from the store in "
+                "pages of the same bounds."
             ),
             responses={
                 200: {
@@ -270,23 +275,40 @@ class _Routes:
                 Query(pattern=r"^[0-9]{1,18}$", description="From a page's `next_cursor`."),
             ] = None,
             limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-        ) -> OutcomePage | StreamingResponse:
+            max_bytes: Annotated[
+                int,
+                Query(
+                    ge=1,
+                    le=OUTCOME_PAGE_BYTES,
+                    description="Most bytes of item ids, results and errors in one page.",
+                ),
+            ] = OUTCOME_PAGE_BYTES,
+        ) -> OutcomePage | Response:
             await self.visible(job_id, principal)
             failed = None if status is None else status is ItemStatus.FAILED
             start = int(cursor) if cursor is not None else None
             accept = request.headers.get("accept", "")
             if any(kind in accept for kind in NDJSON_TYPES):
                 lines = outcome_lines(
-                    pipeline.store, job_id, failed=failed, cursor=start, page_size=limit
+                    pipeline.store,
+                    job_id,
+                    failed=failed,
+                    cursor=start,
+                    page_size=limit,
+                    page_bytes=max_bytes,
                 )
                 return StreamingResponse(lines, media_type=NDJSON_TYPES[0])
             page = await pipeline.store.read_outcomes(
-                job_id, failed=failed, cursor=start, limit=limit
+                job_id, failed=failed, cursor=start, limit=limit, max_bytes=max_bytes
             )
-            return OutcomePage(
+            body = OutcomePage(
                 outcomes=page.rows,
                 next_cursor=None if page.cursor is None else str(page.cursor),
             )
+            # Serialised once, straight to bytes: FastAPI's response_model path would validate,
+            # dump and encode copies of every (possibly large) result.
+            del page
+            return Response(_to_json(body), media_type="application/json")
 
         @app.get(
             "/jobs/{job_id}/events",

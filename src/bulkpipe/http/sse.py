@@ -11,9 +11,12 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import BulkpipeError
-from ..models import Job
+from ..models import ItemOutcome, Job
 from ..pipeline import Pipeline
 from ..store import JobStore
+
+#: About how many bytes of outcome lines an NDJSON stream sends at a time.
+_CHUNK = 64 * 1024
 
 log = logging.getLogger("bulkpipe.http")
 
@@ -97,14 +100,40 @@ def _snapshot(job: Job) -> bytes:
 
 
 async def outcome_lines(
-    store: JobStore, job_id: str, *, failed: bool | None, cursor: int | None, page_size: int
+    store: JobStore,
+    job_id: str,
+    *,
+    failed: bool | None,
+    cursor: int | None,
+    page_size: int,
+    page_bytes: int | None = None,
 ) -> AsyncIterator[bytes]:
     """Every outcome recorded so far from ``cursor`` on, one JSON object per line, read from the
-    store a page at a time."""
+    store a page at a time (``page_size`` rows and at most ``page_bytes``, or one larger row).
+    Lines go out in chunks of about :data:`_CHUNK` bytes; a larger line goes alone, uncopied."""
+    to_json = ItemOutcome.__pydantic_serializer__.to_json
     while True:
-        page = await store.read_outcomes(job_id, failed=failed, cursor=cursor, limit=page_size)
-        if page.rows:
-            yield "".join(row.model_dump_json() + "\n" for row in page.rows).encode()
-        if page.cursor is None:
-            return
+        page = await store.read_outcomes(
+            job_id, failed=failed, cursor=cursor, limit=page_size, max_bytes=page_bytes
+        )
         cursor = page.cursor
+        chunk: list[bytes] = []
+        size = 0
+        for row in page.rows:
+            line = to_json(row)
+            if len(line) >= _CHUNK:
+                if chunk:
+                    yield b"".join(chunk)
+                    chunk, size = [], 0
+                yield line
+                yield b"\n"
+                continue
+            chunk += (line, b"\n")
+            size += len(line) + 1
+            if size >= _CHUNK:
+                yield b"".join(chunk)
+                chunk, size = [], 0
+        if chunk:
+            yield b"".join(chunk)
+        if cursor is None:
+            return

@@ -406,24 +406,39 @@ class MemoryStore:
         failed: bool | None = None,
         cursor: int | None = None,
         limit: int = 1000,
+        max_bytes: int | None = None,
     ) -> Page[ItemOutcome]:
         job = self._job(job_id)
         start = 0 if cursor is None else cursor
         outcomes = job.outcomes
+        budget = max_bytes
         rows: list[ItemOutcome] = []
         if failed is True:
             positions = job.failed_pos
             i = bisect.bisect_left(positions, start)
-            chunk = positions[i : i + limit]
-            rows = [outcome_from_row(*outcomes[p]) for p in chunk]
-            more = i + limit < len(positions)
-            return Page(rows=rows, cursor=chunk[-1] + 1 if more and chunk else None)
+            end = min(i + max(limit, 0), len(positions))
+            while i < end:
+                row = outcomes[positions[i]]
+                if budget is not None:
+                    size = _size(row)
+                    if rows and size > budget:
+                        break
+                    budget -= size
+                rows.append(outcome_from_row(*row))
+                i += 1
+            more = i < len(positions)
+            return Page(rows=rows, cursor=positions[i - 1] + 1 if more and rows else None)
         pos = start
         while pos < len(outcomes) and len(rows) < limit:
             row = outcomes[pos]
-            pos += 1
             if failed is None or row.ok:
+                if budget is not None:
+                    size = _size(row)
+                    if rows and size > budget:
+                        break
+                    budget -= size
                 rows.append(outcome_from_row(*row))
+            pos += 1
         if failed is False:
             while pos < len(outcomes) and not outcomes[pos].ok:
                 pos += 1  # so the cursor is None when no succeeded row is left
@@ -437,3 +452,13 @@ class MemoryStore:
         chunk = job.failed_items[start : start + limit]
         end = start + len(chunk)
         return Page(rows=list(chunk), cursor=end if end < len(job.failed_items) else None)
+
+
+def _size(row: OutcomeRow) -> int:
+    """The bytes a row counts against a page's ``max_bytes``: UTF-8 of id, result and error."""
+    size = 0
+    for text in (row.item_id, row.result, row.error):
+        if text is not None:
+            # isascii() is O(1); only other text is encoded (surrogatepass: never raises)
+            size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return size

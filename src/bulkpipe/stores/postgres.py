@@ -687,18 +687,23 @@ class PostgresStore:
         failed: bool | None = None,
         cursor: int | None = None,
         limit: int = 1000,
+        max_bytes: int | None = None,
     ) -> Page[ItemOutcome]:
-        """Final outcomes in recording order, from ``cursor`` on."""
+        """Final outcomes in recording order, from ``cursor`` on, within ``max_bytes``."""
         params = {
             "id": job_id,
             "after": cursor or 0,
             "ok": None if failed is None else not failed,
             "limit": limit + 1,  # one more, to know whether another page follows
+            "budget": max_bytes,
         }
         rows = _page_rows(
             await self._call("reading outcomes", self._rows, "outcomes", params), job_id
         )
-        return Page(rows=[_outcome(row) for row in rows[:limit]], cursor=_next(rows, limit))
+        page = rows[:limit]
+        more = bool(rows) and rows[0][-1] > len(page)  # fetched: the rows within the limit
+        cursor = int(page[-1][0]) if more and page else None
+        return Page(rows=[_outcome(row[:-1]) for row in page], cursor=cursor)
 
     async def read_failed_items(
         self, job_id: str, *, cursor: int | None = None, limit: int = 1000

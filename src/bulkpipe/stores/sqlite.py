@@ -740,11 +740,54 @@ class SQLiteStore:
         failed: bool | None = None,
         cursor: int | None = None,
         limit: int = 1000,
+        max_bytes: int | None = None,
     ) -> Page[ItemOutcome]:
-        """Final outcomes in recording order, from ``cursor`` on."""
+        """Final outcomes in recording order, from ``cursor`` on, within ``max_bytes``."""
+        rows, more = await self._call(
+            "reading outcomes", self._outcome_page, job_id, failed, cursor, limit, max_bytes
+        )
+        page = [_outcome(row) for row in rows]
+        if not more:
+            return Page(rows=page, cursor=None)
+        return Page(rows=page, cursor=int(rows[-1][0]) if rows else (cursor or 0))
+
+    def _outcome_page(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        failed: bool | None,
+        cursor: int | None,
+        limit: int,
+        max_bytes: int | None,
+    ) -> tuple[list[Any], bool]:
+        """A page of outcome rows and whether more follow. With a budget, the sizes are
+        stepped through first (one row at a time, no result loaded) to find where the page
+        ends, and only the rows up to there are read."""
         name = {None: "outcomes_all", True: "outcomes_failed", False: "outcomes_succeeded"}[failed]
-        rows = await self._call("reading outcomes", self._page, job_id, name, cursor, limit)
-        return Page(rows=[_outcome(row) for row in rows[:limit]], cursor=_next(rows, limit, cursor))
+        after = cursor if cursor is not None else 0
+        with self._transaction(conn, write=False):
+            job = self._job_state(conn, job_id)[0]
+            through: int | None = None
+            if max_bytes is not None and limit > 0:
+                ok = None if failed is None else int(not failed)
+                sizes = conn.execute(
+                    self._q["outcome_sizes"],
+                    {"job": job, "after": after, "ok": ok, "limit": limit + 1},
+                )
+                budget, taken, more = max_bytes, 0, False
+                for seq, size in sizes:
+                    if taken == limit or (taken and size > budget):
+                        more = True
+                        break
+                    through, taken, budget = seq, taken + 1, budget - size
+                sizes.close()
+                if through is None:
+                    return [], False
+                query = {"job": job, "after": after, "through": through, "limit": limit}
+                return conn.execute(self._q[name], query).fetchall(), more
+            unbounded: dict[str, Any] = {"job": job, "after": after, "through": None}
+            rows = conn.execute(self._q[name], {**unbounded, "limit": limit + 1}).fetchall()
+            return rows[:limit], len(rows) > limit
 
     async def read_failed_items(
         self, job_id: str, *, cursor: int | None = None, limit: int = 1000

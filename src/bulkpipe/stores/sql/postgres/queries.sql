@@ -371,18 +371,31 @@ LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: outcomes --
 -- A page of outcomes after the cursor; one row of NULLs when the job has none, and no
--- row at all when there is no such job.
+-- row at all when there is no such job. With a byte budget (NULL: none), the page ends before
+-- the row that would bring the running sum of sizes (UTF-8 bytes of item id, result and error)
+-- over it, keeping at least the first row. The sizes come from octet_length, which reads a
+-- TOASTed value's header, not the value, so the rows left out are never loaded. `fetched` is
+-- how many rows the page could have held (up to limit), to tell whether more follow.
 SELECT o.id, o.item_id, o.ok, o.result, o.error, o.error_type, o.attempts, o.started_at,
-    o.finished_at
+    o.finished_at, p.fetched
 FROM {prefix}jobs AS j
 LEFT JOIN LATERAL (
-    SELECT * FROM {prefix}outcomes AS o
-    WHERE o.job = j.seq AND o.id > %(after)s AND (%(ok)s::boolean IS NULL OR o.ok = %(ok)s)
-    ORDER BY o.id
-    LIMIT %(limit)s
-) AS o ON true
+    SELECT s.id, count(*) OVER () AS fetched, row_number() OVER w AS n,
+        sum(s.size) OVER w AS running
+    FROM (
+        SELECT o.id, octet_length(o.item_id) + coalesce(octet_length(o.result), 0)
+            + coalesce(octet_length(o.error), 0) AS size
+        FROM {prefix}outcomes AS o
+        WHERE o.job = j.seq AND o.id > %(after)s AND (%(ok)s::boolean IS NULL OR o.ok = %(ok)s)
+        ORDER BY o.id
+        LIMIT %(limit)s
+    ) AS s
+    WINDOW w AS (ORDER BY s.id ROWS UNBOUNDED PRECEDING)
+) AS p ON true
+LEFT JOIN {prefix}outcomes AS o ON o.job = j.seq AND o.id = p.id
 WHERE j.id = %(id)s
-ORDER BY o.id
+    AND (p.n IS NULL OR p.n = 1 OR %(budget)s::bigint IS NULL OR p.running <= %(budget)s)
+ORDER BY p.id
 
 -- name: failed_items --
 -- The items whose outcome failed, in the same shape as the outcomes query.

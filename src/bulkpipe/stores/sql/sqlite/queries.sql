@@ -257,23 +257,35 @@ ORDER BY seq DESC
 LIMIT :limit OFFSET :offset
 
 -- name: outcomes_all --
+-- A page of outcomes after :after, up to :through (NULL: no bound) and :limit rows.
 SELECT seq, item_id, ok, result, error, error_type, attempts, started_at, finished_at
 FROM {prefix}outcomes
-WHERE job = :job AND seq > :after
+WHERE job = :job AND seq > :after AND seq <= coalesce(:through, seq)
 ORDER BY seq
 LIMIT :limit
 
 -- name: outcomes_failed --
 SELECT seq, item_id, ok, result, error, error_type, attempts, started_at, finished_at
 FROM {prefix}outcomes
-WHERE job = :job AND ok = 0 AND seq > :after
+WHERE job = :job AND ok = 0 AND seq > :after AND seq <= coalesce(:through, seq)
 ORDER BY seq
 LIMIT :limit
 
 -- name: outcomes_succeeded --
 SELECT seq, item_id, ok, result, error, error_type, attempts, started_at, finished_at
 FROM {prefix}outcomes
-WHERE job = :job AND ok = 1 AND seq > :after
+WHERE job = :job AND ok = 1 AND seq > :after AND seq <= coalesce(:through, seq)
+ORDER BY seq
+LIMIT :limit
+
+-- name: outcome_sizes --
+-- The bytes each outcome after :after counts against a page's byte budget (UTF-8 of item id,
+-- result and error; CAST AS BLOB, since length() of TEXT counts characters), in order. The
+-- store steps through these only until the budget is spent; :ok NULL means every outcome.
+SELECT seq, length(CAST(item_id AS BLOB)) + coalesce(length(CAST(result AS BLOB)), 0)
+    + coalesce(length(CAST(error AS BLOB)), 0)
+FROM {prefix}outcomes
+WHERE job = :job AND seq > :after AND ok = coalesce(:ok, ok)
 ORDER BY seq
 LIMIT :limit
 

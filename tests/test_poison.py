@@ -22,7 +22,7 @@ from bulkpipe.stores import MemoryStore, open_store
 from bulkpipe.testing import add_job, claim, encoded, make_job, ok_row, report
 
 from .conftest import POSTGRES_URL, drop_prefixed, postgres_or_skip
-from .helpers import PATIENCE, make_items, outcome_map, quick
+from .helpers import PATIENCE, eventually, make_items, outcome_map, quick
 
 pytestmark = pytest.mark.anyio
 
@@ -60,7 +60,8 @@ async def run(
     async with Pipeline(
         store=store, processors={"p": processor, "healthy": healthy}, poll_interval=0.05
     ) as pipeline:
-        job = await pipeline.submit("p", make_items(count), options=quick(**{**defaults, **options}))
+        merged = quick(**{**defaults, **options})
+        job = await pipeline.submit("p", make_items(count), options=merged)
         job = await pipeline.wait(job.id, timeout=PATIENCE)
         assert job.status is JobStatus.COMPLETED
         outcomes = await outcome_map(pipeline, job.id)
@@ -392,10 +393,8 @@ async def test_graceful_stops_never_use_up_max_claims(tmp_path: Path) -> None:
         job = await pipeline.submit("p", make_items(20), options=options)
     for _ in range(4):  # each pipeline stops gracefully partway through the batch
         before = started
-        async with Pipeline(store=open_store(url), processors={"p": slow}) as pipeline:
-            with anyio.fail_after(PATIENCE):
-                while started < before + 2:
-                    await anyio.sleep(0.01)
+        async with Pipeline(store=open_store(url), processors={"p": slow}):
+            await eventually(lambda: started >= before + 2, "two more items to start")  # noqa: B023
     async with Pipeline(store=open_store(url), processors={"p": slow}) as pipeline:
         done = await pipeline.wait(job.id, timeout=PATIENCE)
         outcomes = await outcome_map(pipeline, job.id)

@@ -77,6 +77,14 @@ class JobOptions(BaseModel):
         le=1,
         description="Fail the job once this share of its items has failed.",
     )
+    max_claims: int = Field(
+        default=5,
+        ge=2,
+        le=1000,
+        description="Most times one batch is claimed: claimed once more (its workers kept "
+        "dying), its remaining items fail as BatchKeptCrashing instead of running. A graceful "
+        "release gives its claim back (the first claim always counts).",
+    )
     id_key: str = Field(
         default="id", min_length=1, description="The item key that holds its unique id."
     )

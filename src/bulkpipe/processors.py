@@ -104,13 +104,37 @@ def adapt(name: str, processor: object) -> Adapted:
     )
 
 
+class ThreadAborted(Exception):  # internal, unwrapped by the runner
+    """A sync processor raised a BaseException that is not an Exception (SystemExit,
+    KeyboardInterrupt, GeneratorExit...) in its worker thread; ``original`` is what it raised.
+
+    It crosses back to the event loop wrapped: asyncio cannot hand a GeneratorExit from a
+    thread's future to the awaiting coroutine without breaking that coroutine.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__} raised in a worker thread")
+        self.original = original
+
+
+def _guarded(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise ThreadAborted(exc) from exc
+
+
 def _threaded(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     """Run a sync processor in anyio's worker threads (bounded by its default limiter)."""
 
     async def call(*args: Any, **kwargs: Any) -> Any:
         # Abandoned on cancel: a hung call cannot hold up cancel() or a timeout (the thread
         # itself runs on to its end; Python cannot stop a thread).
-        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(
+            partial(_guarded, fn, args, kwargs), abandon_on_cancel=True
+        )
 
     return call
 

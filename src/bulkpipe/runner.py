@@ -21,10 +21,11 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .errors import PermanentError
-from .items import decode_payloads, encode_json
+from .items import decode_payloads
 from .lifecycle import failure_ratio_exceeded, settle
 from .models import JobStatus
-from .processors import Adapted
+from .processors import Adapted, ThreadAborted
+from .results import decode_payload, describe, encode_result, storable_text, type_name
 from .retry import backoff_delay
 from .store import BatchReport, ClaimedBatch, JobSpec, Lease, OutcomeRow
 
@@ -35,6 +36,13 @@ log = logging.getLogger("bulkpipe.runner")
 
 INVALID_RESULT = "InvalidResult"
 BATCH_TIMEOUT = "BatchTimeout"
+#: A processor raised (or process_batch returned) a BaseException that is neither an Exception
+#: nor a cancellation (KeyboardInterrupt, SystemExit, GeneratorExit, a custom one); not retried.
+PROCESSOR_ABORTED = "ProcessorAborted"
+#: The item's stored payload could not be decoded; it was never run.
+UNREADABLE_ITEM = "UnreadableItem"
+#: The batch was claimed more than JobOptions.max_claims times: its workers kept dying on it.
+BATCH_KEPT_CRASHING = "BatchKeptCrashing"
 
 
 class OpenBatch:
@@ -54,18 +62,57 @@ class OpenBatch:
         "scopes",
     )
 
-    def __init__(self, claimed: ClaimedBatch, deadline: float) -> None:
+    def __init__(self, claimed: ClaimedBatch, deadline: float, abandon: str | None = None) -> None:
+        """Decode the batch's items; with ``abandon``, fail every item with that message
+        (BatchKeptCrashing) instead, without decoding or running any."""
         self.lease: Lease = claimed.lease
-        self.ids = [item_id for item_id, _ in claimed.items]
-        self.items: list[Any] = decode_payloads(claimed.items)
+        self.rows: list[OutcomeRow] = []
+        if abandon is not None:
+            now = time.time()
+            self.rows = [
+                OutcomeRow(item_id, False, None, abandon, BATCH_KEPT_CRASHING, 0, now, now)
+                for item_id, _ in claimed.items
+            ]
+            self.ids: list[str] = []
+            self.items: list[Any] = []
+        else:
+            self.ids = [item_id for item_id, _ in claimed.items]
+            try:
+                self.items = decode_payloads(claimed.items)
+                readable = len(self.items) == len(self.ids)  # "1},{2" would decode as two
+            except Exception:  # a bad payload, or a null one
+                readable = False
+            if not readable:
+                self._decode_one_by_one(claimed)
         self.next = 0  # index of the next unstarted item
         self.left = len(self.items)  # items without an outcome yet
-        self.rows: list[OutcomeRow] = []
         self.flushed = 0  # rows already recorded
         self.deadline = deadline
         self.lanes = 0
         self.scopes: set[anyio.CancelScope] = set()
         self.closed = False
+
+    def _decode_one_by_one(self, claimed: ClaimedBatch) -> None:
+        """Keep the items that decode; fail the others (UnreadableItem), never running them."""
+        self.ids, self.items = [], []
+        for item_id, payload in claimed.items:
+            try:
+                item = decode_payload(payload)
+            except Exception as exc:  # ValueError, TypeError, RecursionError
+                now = time.time()
+                message = (
+                    f"the stored payload of item {item_id!r} cannot be decoded as JSON "
+                    f"({type_name(exc)}: {describe(exc)}); the item was not run. The store "
+                    "holds a damaged row: submit the item again in a new job"
+                )
+                self.rows.append(
+                    OutcomeRow(
+                        item_id, False, None, storable_text(message), UNREADABLE_ITEM, 0, now, now
+                    )
+                )
+                continue
+            self.ids.append(item_id)
+            self.items.append(item)
 
     @property
     def startable(self) -> bool:
@@ -73,24 +120,53 @@ class OpenBatch:
 
 
 def _own_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is the processor's failure: any Exception, or an asyncio CancelledError
-    it raised while its task was not being cancelled (a future cancelled elsewhere). Re-raised
-    instead, such an error would silently end the lane and leave its batch unfinished."""
-    if isinstance(exc, Exception):
+    """Whether ``exc``, raised by a processor call, is the processor's failure rather than a
+    cancellation of this task: anything but anyio's cancellation exception, and even that when
+    it is an asyncio CancelledError raised while the task is not being cancelled (a future
+    cancelled elsewhere). Re-raised instead, such an error would end the lane (or the worker)
+    and leave its batch unfinished."""
+    if isinstance(exc, Exception) or not isinstance(exc, anyio.get_cancelled_exc_class()):
         return True
-    if not isinstance(exc, asyncio.CancelledError):
+    if not isinstance(exc, asyncio.CancelledError):  # trio's Cancelled: only trio raises it
         return False
     try:
         task = asyncio.current_task()
-    except RuntimeError:  # not on asyncio: it cannot be a cancel of this task
+    except RuntimeError:  # pragma: no cover - on asyncio, there is a loop
         return True
     return task is not None and task.cancelling() == 0
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    return exc.original if isinstance(exc, ThreadAborted) else exc
+
+
+def _retried(exc: BaseException) -> bool:
+    """Whether a processor failure may be retried: an Exception other than PermanentError,
+    or a stray asyncio CancelledError. Other BaseExceptions (ProcessorAborted) are final."""
+    if isinstance(exc, Exception):
+        return not isinstance(exc, (PermanentError, ThreadAborted))
+    return isinstance(exc, asyncio.CancelledError)
+
+
+def _failed(
+    item_id: str, exc: BaseException, attempts: int, started: float, verb: str = "raised"
+) -> OutcomeRow:
+    """The failed outcome of a processor's exception (raised, or returned by process_batch)."""
+    exc = _unwrap(exc)
+    if isinstance(exc, (Exception, asyncio.CancelledError)):
+        return _fail(item_id, exc, type_name(exc), attempts, started)
+    message = (
+        f"the processor {verb} {type_name(exc)} ({describe(exc)}), a BaseException that is "
+        "not an Exception; the item failed without retries. Raise an Exception to fail an "
+        "item (PermanentError to skip retries)"
+    )
+    return _fail(item_id, message, PROCESSOR_ABORTED, attempts, started)
 
 
 def _fail(
     item_id: str, exc: BaseException | str, error_type: str, attempts: int, started: float
 ) -> OutcomeRow:
-    message = exc if isinstance(exc, str) else (str(exc) or repr(exc))
+    message = storable_text(exc) if isinstance(exc, str) else describe(exc)
     return OutcomeRow(item_id, False, None, message, error_type, attempts, started, time.time())
 
 
@@ -98,17 +174,37 @@ def _encode_result(item_id: str, result: Any, attempts: int, started: float) -> 
     if result is None:
         return OutcomeRow(item_id, True, "null", None, None, attempts, started, time.time())
     try:
-        payload = encode_json(result)
-    except (TypeError, ValueError) as exc:
+        payload = encode_result(result)
+    except BaseException as exc:  # sync: whatever the result's own code raises
         return _fail(
             item_id,
-            f"the processor's result is not JSON-serialisable: {exc}; return plain "
-            "dicts, lists, strings, numbers, booleans or None",
+            f"the processor's result is not JSON-serialisable ({type_name(exc)}: "
+            f"{describe(exc)}); return dicts with string keys, lists, strings (valid "
+            "Unicode: no lone surrogates), finite numbers, booleans or None, not nested "
+            "hundreds of levels deep",
             INVALID_RESULT,
             attempts,
             started,
         )
     return OutcomeRow(item_id, True, payload, None, None, attempts, started, time.time())
+
+
+def _result_list(results: Any, expected: int) -> list[Any] | str:
+    """process_batch's results as a list, or why they are not one result per item."""
+    try:
+        if isinstance(results, Sequence) and not isinstance(results, (str, bytes, bytearray)):
+            listed = list(results)
+            if len(listed) == expected:
+                return listed
+            got = str(len(listed))
+        else:
+            got = type(results).__name__
+    except BaseException as exc:  # a broken Sequence: its own code raised
+        got = f"{type(results).__name__} (that raised {type_name(exc)} when read)"
+    return storable_text(
+        f"process_batch returned {got} results for {expected} items; it must return one "
+        "result (or exception) per item, in order"
+    )
 
 
 class JobRunner:
@@ -206,7 +302,27 @@ class JobRunner:
     # -- claiming ---------------------------------------------------------------------------
 
     def _add(self, claimed: ClaimedBatch, work: TaskGroup) -> None:
-        batch = OpenBatch(claimed, anyio.current_time() + self.options.timeout)
+        abandon = None
+        if claimed.claims > self.options.max_claims:
+            # Its earlier holders died (or lost the lease) every time: running it again would
+            # most likely kill this worker too. A graceful release does not count as a claim.
+            abandon = (
+                f"batch {claimed.lease.batch_no} was claimed {claimed.claims} times and its "
+                "workers kept dying (or losing its lease) before finishing it, more than "
+                f"JobOptions.max_claims={self.options.max_claims} allows; its remaining items "
+                "were failed without running them again. Look for a processor that crashes "
+                "the process (os._exit, a segfault, running out of memory) or blocks the event "
+                "loop longer than the lease, then retry the failed items"
+            )
+            log.error(
+                "job %s: batch %d claimed %d times (max_claims=%d); failing its %d remaining items",
+                self.spec.id,
+                claimed.lease.batch_no,
+                claimed.claims,
+                self.options.max_claims,
+                len(claimed.items),
+            )
+        batch = OpenBatch(claimed, anyio.current_time() + self.options.timeout, abandon)
         self.open.append(batch)
         self._work_tg = work
         if not batch.items:  # every item already has an outcome (a re-claimed batch)
@@ -428,13 +544,11 @@ class JobRunner:
                     result = await call(item, attempt=attempt)
                 else:
                     result = await call(item)
-            except PermanentError as exc:
-                return _fail(item_id, exc, type(exc).__name__, attempt, started)
             except BaseException as exc:
                 if not _own_error(exc):
                     raise
-                if attempt > options.max_retries:
-                    return _fail(item_id, exc, type(exc).__name__, attempt, started)
+                if attempt > options.max_retries or not _retried(exc):
+                    return _failed(item_id, exc, attempt, started)
                 await anyio.sleep(
                     backoff_delay(attempt, options.retry_delay, options.retry_delay_max, self._rng)
                 )
@@ -477,48 +591,28 @@ class JobRunner:
                         if not _own_error(exc):
                             raise
                         error = exc
-                    if error is None and (
-                        not isinstance(results, Sequence)
-                        or isinstance(results, (str, bytes))
-                        or len(results) != len(pending)
-                    ):
-                        got = (
-                            len(results)
-                            if isinstance(results, Sequence)
-                            else type(results).__name__
-                        )
-                        message = (
-                            f"process_batch returned {got} results for {len(pending)} items; "
-                            "it must return one result (or exception) per item, in order"
-                        )
+                    listed: list[Any] | str = []
+                    if error is None:
+                        listed = _result_list(results, len(pending))
+                    if isinstance(listed, str):
                         final = [
-                            _fail(batch.ids[i], message, INVALID_RESULT, attempt, started)
+                            _fail(batch.ids[i], listed, INVALID_RESULT, attempt, started)
                             for i in pending
                         ]
                         pending = []
                     elif error is not None:
-                        if isinstance(error, PermanentError) or attempt > options.max_retries:
+                        if attempt > options.max_retries or not _retried(error):
                             final = [
-                                _fail(batch.ids[i], error, type(error).__name__, attempt, started)
-                                for i in pending
+                                _failed(batch.ids[i], error, attempt, started) for i in pending
                             ]
                         else:
                             retry = pending
                     else:
-                        for i, result in zip(pending, results, strict=True):
+                        for i, result in zip(pending, listed, strict=True):
                             if isinstance(result, BaseException):
-                                if (
-                                    isinstance(result, PermanentError)
-                                    or attempt > options.max_retries
-                                ):
+                                if attempt > options.max_retries or not _retried(result):
                                     final.append(
-                                        _fail(
-                                            batch.ids[i],
-                                            result,
-                                            type(result).__name__,
-                                            attempt,
-                                            started,
-                                        )
+                                        _failed(batch.ids[i], result, attempt, started, "returned")
                                     )
                                 else:
                                     retry.append(i)
@@ -542,6 +636,7 @@ class JobRunner:
                 self._dirty.set()
 
     async def _call_batch(self, items: list[Any], attempt: int) -> Any:
+        """One process_batch call."""
         if self.processor.wants_attempt:
             return await self.processor.call(items, attempt=attempt)
         return await self.processor.call(items)

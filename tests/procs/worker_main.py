@@ -2,7 +2,9 @@
 
 It serves the store with one processor, ``sleepy``, which appends each item id it finishes to
 ``LOG_DIR/<pid>.log`` (so a test can count how often items ran) after sleeping ``item["ms"]``
-milliseconds. It stops gracefully on SIGTERM/SIGINT. Environment knobs: ``LEASE_TIMEOUT``.
+milliseconds. An item with ``"exit": N`` is a poison item: after sleeping and logging, the
+process exits at once with code N (``os._exit``, as a crash would). It stops gracefully on
+SIGTERM/SIGINT. Environment knobs: ``LEASE_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Sleepy:
     async def process(self, item: dict[str, Any]) -> dict[str, Any]:
         await anyio.sleep(item.get("ms", 1) / 1000)
         self._log.write(f"{item['id']}\n")
+        if item.get("exit") is not None:
+            os._exit(int(item["exit"]))
         return {"pid": os.getpid()}
 
 

@@ -348,6 +348,9 @@ class MemoryStore:
             del job.leased[batch.no]
             batch.state = _PENDING
             batch.owner = None
+            # A graceful release gives its claim back (JobOptions.max_claims counts the
+            # claims that ended in a crash), except the first, as in every store.
+            batch.claims = max(batch.claims - 1, 1)
             # Back to the front, keeping the pending batches in batch order.
             pending = job.pending
             at = 0

@@ -332,8 +332,10 @@ WITH lease AS (
     ORDER BY b.job, b.batch_no
     FOR UPDATE OF b
 )
+-- The claim is given back (a graceful release is not a crash; see JobOptions.max_claims),
+-- except the first: a claim counted 1 is taken to have no outcomes yet (claim_any).
 UPDATE {prefix}batches AS b
-SET state = 0, owner = NULL, expires_at = NULL
+SET state = 0, owner = NULL, expires_at = NULL, claims = greatest(b.claims - 1, 1)
 FROM held
 WHERE b.job = held.job AND b.batch_no = held.batch_no
 

@@ -224,8 +224,10 @@ UPDATE {prefix}batches SET expires_at = :expires_at
 WHERE job = :job AND batch_no = :batch_no AND token = :token AND state = 'leased'
 
 -- name: release_lease --
--- Pending again: claimable at once, in batch order with the other pending batches.
-UPDATE {prefix}batches SET state = 'pending', owner = NULL, expires_at = NULL
+-- Pending again: claimable at once, in batch order with the other pending batches. The claim
+-- is given back (a graceful release is not a crash; see JobOptions.max_claims), except the first.
+UPDATE {prefix}batches
+SET state = 'pending', owner = NULL, expires_at = NULL, claims = max(claims - 1, 1)
 WHERE job = :job AND batch_no = :batch_no AND token = :token AND state = 'leased'
 
 -- name: finish_job --

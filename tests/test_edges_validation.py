@@ -194,6 +194,7 @@ def stored_jobs(url: str) -> list[str]:
         (["--item-timeout", "-inf"], "--item-timeout"),
         (["--progress-interval", "nan"], "--progress-interval"),
         (["--max-failure-ratio", "nan"], "--max-failure-ratio"),
+        (["--max-claims", "1"], "--max-claims"),
         (["--item-concurrency", "99999999999999999999"], "--item-concurrency"),
         (["--priority", "9223372036854775808"], "--priority"),
         (["--priority", "2147483648"], "--priority"),
@@ -209,6 +210,21 @@ def test_cli_submit_refuses_bad_numbers_in_one_line_and_stores_nothing(
     result = invoke("submit", "echo", str(items), *flags, "--store", url)
     assert_one_error_line(result, fragment)
     assert stored_jobs(url) == []
+
+
+def test_cli_submit_stores_max_claims(tmp_path: Path) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": 1}\n')
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    result = invoke("submit", "echo", str(items), "--max-claims", "7", "--store", url)
+    assert result.exit_code == 0, result.output
+
+    async def read() -> int:
+        async with Pipeline(open_store(url), workers=0) as pipeline:
+            (job,) = await pipeline.list_jobs()
+            return job.options.max_claims
+
+    assert anyio.run(read) == 7
 
 
 @pytest.mark.parametrize("flag", ["--limit", "--offset"])

@@ -1444,6 +1444,7 @@ def store_state_machine(
                 batch = jobs[lease.job_id].holds(lease)
                 if batch is not None:
                     batch.state, batch.expired = _PENDING, False
+                    batch.claims = max(batch.claims - 1, 1)  # a release gives its claim back
 
         @rule(
             index=job_index,

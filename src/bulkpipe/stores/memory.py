@@ -361,7 +361,7 @@ class MemoryStore:
         if not status.is_terminal:
             raise ValueError(f"finish_job needs a terminal status, not {status}")
         job = self._job(job_id)
-        if job.status.is_terminal:
+        if job.status.is_terminal or (status is JobStatus.COMPLETED and not _complete(job)):
             return job.snapshot(), False
         now = time.time()
         if error is not None:
@@ -437,3 +437,8 @@ class MemoryStore:
         chunk = job.failed_items[start : start + limit]
         end = start + len(chunk)
         return Page(rows=list(chunk), cursor=end if end < len(job.failed_items) else None)
+
+
+def _complete(job: _Job) -> bool:
+    """Whether every item of the job is in and has its outcome, and every batch is closed."""
+    return job.sealed and not job.open_batches and job.succeeded + job.failed == job.total

@@ -594,10 +594,23 @@ class PostgresStore:
         if result is None:  # the job is missing or has ended: nothing was written
             return self._read_progress(conn, retry, job_id)
         held = {(batch_no, token) for batch_no, token in result[6]}
+        reopened = {batch_no: short for batch_no, short in result[7]}
+        for batch_no, short in reopened.items():
+            log.warning(
+                "%r: batch %d of job %s was reported done, but %d of its items have no stored "
+                "outcome (the database server lost acknowledged writes, as after a crash with "
+                "asynchronous commit); the batch is pending again and those items will run again",
+                self,
+                batch_no,
+                job_id,
+                short,
+            )
         lost = tuple(
             r.lease.batch_no
             for i, r in enumerate(reports)
-            if i in late or (r.lease.batch_no, r.lease.token) not in held
+            if i in late
+            or (r.lease.batch_no, r.lease.token) not in held
+            or (r.done and r.lease.batch_no in reopened)
         )
         return _progress(result, lost)
 
@@ -627,7 +640,8 @@ class PostgresStore:
         self, job_id: str, status: JobStatus, error: ProcessingError | None = None
     ) -> tuple[Job, bool]:
         """Move the job to a terminal status unless it has one; return it and whether this
-        call changed it."""
+        call changed it. ``COMPLETED`` is refused (unchanged, False) unless the job is sealed,
+        has no open batch and every item has an outcome."""
         if not status.is_terminal:
             raise ValueError(f"finish_job needs a terminal status, not {status}")
         params = {

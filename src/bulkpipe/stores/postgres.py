@@ -589,7 +589,11 @@ class PostgresStore:
             sent.append(report)
             if report.done:
                 closed.add(report.lease.batch_no)
-        row = conn.execute(self._q["record"], _record_params(job_id, sent, retry), binary=True)
+        # Not prepared: a prepared statement soon runs a generic plan, and the generic plan of
+        # this one scans every batch of the store (the replay condition defeats the index).
+        row = conn.execute(
+            self._q["record"], _record_params(job_id, sent, retry), binary=True, prepare=False
+        )
         result = row.fetchone()
         if result is None:  # the job is missing or has ended: nothing was written
             return self._read_progress(conn, retry, job_id)

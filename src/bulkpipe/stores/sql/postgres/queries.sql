@@ -246,9 +246,13 @@ WITH job AS (
     WHERE b.state = 1 OR (%(replay)s AND b.state = 2 AND r.done)
     ORDER BY b.batch_no
     FOR UPDATE OF b
-), given AS (
-    SELECT t.*
-    FROM unnest(
+), stored AS (
+    INSERT INTO {prefix}outcomes AS o (
+        id, job, item_id, ok, result, error, error_type, attempts, started_at, finished_at
+    )
+    SELECT job.next_outcome + t.n, job.seq, t.item_id, t.ok, t.result, t.error, t.error_type,
+        t.attempts, t.started_at, t.finished_at
+    FROM job, unnest(
         %(o_report)b::int[], %(o_item)b::text[], %(o_ok)b::boolean[], %(o_result)b::text[],
         %(o_error)b::text[], %(o_type)b::text[], %(o_attempts)b::int[],
         %(o_started)b::float8[], %(o_finished)b::float8[]
@@ -256,22 +260,18 @@ WITH job AS (
         AS t (report, item_id, ok, result, error, error_type, attempts, started_at, finished_at,
               n)
     WHERE t.report IN (SELECT n FROM held)  -- by report: a stale token's rows never pass
-), stored AS (
-    INSERT INTO {prefix}outcomes AS o (
-        id, job, item_id, ok, result, error, error_type, attempts, started_at, finished_at
-    )
-    SELECT job.next_outcome + g.n, job.seq, g.item_id, g.ok, g.result, g.error, g.error_type,
-        g.attempts, g.started_at, g.finished_at
-    FROM job, given AS g
     ON CONFLICT (job, item_id) DO NOTHING
     RETURNING o.id, o.item_id, o.ok, o.error, o.error_type, o.attempts, o.finished_at
 ), tally AS (
-    -- The outcomes stored now, by batch.
-    SELECT h.batch_no, count(DISTINCT s.item_id) AS n
-    FROM stored AS s
-    JOIN given AS g ON g.item_id = s.item_id
-    JOIN held AS h ON h.n = g.report
-    GROUP BY h.batch_no
+    -- The outcomes stored now, by batch. A stored row's id - next_outcome is its position in
+    -- the outcome arrays, which gives its report and so its batch (no join: a join of stored
+    -- with the input is planned as a nested loop, quadratic in the rows of a call).
+    SELECT
+        (%(batch_nos)b::int[])[(%(o_report)b::int[])[(s.id - job.next_outcome)::int]]
+            AS batch_no,
+        count(*) AS n
+    FROM job, stored AS s
+    GROUP BY 1
 ), batch AS (
     SELECT h.batch_no, bool_or(h.done AND h.state = 1) AS closing, max(h.size) AS size,
         max(h.recorded) + coalesce(max(t.n), 0) AS recorded

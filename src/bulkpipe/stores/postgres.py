@@ -179,7 +179,10 @@ class PostgresStore:
     *database server* crashes (not a worker: a killed worker loses nothing either way), the
     last fraction of a second of progress may be lost; those batches are simply run again
     (at-least-once, as after a worker crash), counts and outcomes stay consistent, and a
-    sealed job never loses items nor a finished job its status. A submit that the crash cut
+    sealed job never loses items nor a finished job its status. A batch is closed only in the
+    statement that proves every one of its items has an outcome (its ``size`` and ``recorded``
+    counts): a done report that finds outcomes missing, because an earlier write was lost,
+    puts the batch back to pending (logged once as a warning) so that those items run again. A submit that the crash cut
     short fails with a :class:`StoreError` rather than seal a job that lost items.
     """
 

@@ -182,8 +182,9 @@ class PostgresStore:
     sealed job never loses items nor a finished job its status. A batch is closed only in the
     statement that proves every one of its items has an outcome (its ``size`` and ``recorded``
     counts): a done report that finds outcomes missing, because an earlier write was lost,
-    puts the batch back to pending (logged once as a warning) so that those items run again. A submit that the crash cut
-    short fails with a :class:`StoreError` rather than seal a job that lost items.
+    puts the batch back to pending (logged once as a warning) so that those items run again.
+    A submit that the crash cut short fails with a :class:`StoreError` rather than seal a job
+    that lost items.
     """
 
     def __init__(

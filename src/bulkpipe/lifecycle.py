@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from .models import Job, JobStatus, ProcessingError
 from .store import JobStore, Progress
+
+log = logging.getLogger("bulkpipe.lifecycle")
 
 FAILURE_RATIO_EXCEEDED = "FailureRatioExceeded"
 
@@ -15,6 +18,15 @@ async def settle(store: JobStore, job_id: str, progress: Progress) -> Job | None
     if progress.status.is_terminal or not progress.sealed or progress.open_batches:
         return None
     job, changed = await store.finish_job(job_id, JobStatus.COMPLETED)
+    if not changed and not job.status.is_terminal:
+        log.warning(
+            "job %s: every batch looked done, but the store refused to complete the job: "
+            "%d of its %d items have an outcome; it stays %s",
+            job_id,
+            job.processed_items,
+            job.total_items,
+            job.status.value,
+        )
     return job if changed else None
 
 

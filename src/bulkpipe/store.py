@@ -180,7 +180,11 @@ class JobStore(Protocol):
         self, job_id: str, status: JobStatus, error: ProcessingError | None = None
     ) -> tuple[Job, bool]:
         """Move a job to a terminal status unless it already has one; return it and whether
-        this call changed it. This is the one place a job's final state is written."""
+        this call changed it. This is the one place a job's final state is written.
+
+        ``COMPLETED`` is refused (the job is returned unchanged, with False) unless the job is
+        sealed, has no open batch, and every item has an outcome (succeeded + failed ==
+        total): a store never completes a job that is missing outcomes."""
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -946,6 +946,49 @@ class StoreContract:
         assert await store.get_job(job.id) == done
 
     @pytest.mark.anyio
+    async def test_finish_job_completed_is_refused_until_every_outcome_is_in(
+        self, store: JobStore
+    ) -> None:
+        job = await add_job(store, encoded(2), encoded(1, 2))
+
+        async def refused() -> None:
+            before = await store.get_job(job.id)
+            got, changed = await store.finish_job(job.id, JobStatus.COMPLETED)
+            assert not changed
+            assert got == before
+            assert await store.get_job(job.id) == before
+
+        await refused()  # not sealed, no outcome
+        first = await claim(store)
+        await store.record(job.id, [report(first)])
+        await refused()  # not sealed, though every batch so far is done
+        await store.seal_job(job.id)
+        second = await claim(store)
+        await refused()  # a batch is leased
+        await store.record(job.id, [report(second, [], done=False)])
+        await refused()  # ... and holds no outcome
+        await store.record(job.id, [report(second)])
+        done, changed = await store.finish_job(job.id, JobStatus.COMPLETED)
+        assert changed
+        assert (done.status, done.succeeded_items, done.total_items) == (JobStatus.COMPLETED, 3, 3)
+
+    @pytest.mark.anyio
+    async def test_finish_job_completes_a_sealed_empty_job(self, store: JobStore) -> None:
+        job = await add_job(store, seal=True)
+        done, changed = await store.finish_job(job.id, JobStatus.COMPLETED)
+        assert changed
+        assert done.status is JobStatus.COMPLETED
+
+    @pytest.mark.anyio
+    async def test_finish_job_may_fail_or_cancel_an_incomplete_job(self, store: JobStore) -> None:
+        failing = await add_job(store, encoded(2), seal=True)
+        cancelled = await add_job(store, encoded(2))
+        for job, status in ((failing, JobStatus.FAILED), (cancelled, JobStatus.CANCELLED)):
+            done, changed = await store.finish_job(job.id, status)
+            assert changed
+            assert done.status is status
+
+    @pytest.mark.anyio
     async def test_finish_job_sets_started_at_when_never_claimed(self, store: JobStore) -> None:
         job = await add_job(store, encoded(1))
         done, changed = await store.finish_job(job.id, JobStatus.CANCELLED)
@@ -1119,6 +1162,15 @@ class _ModelJob:
     @property
     def terminal(self) -> bool:
         return self.status.is_terminal
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``finish_job(COMPLETED)`` may complete the job."""
+        return (
+            self.sealed
+            and all(b.state == _DONE for b in self.batches)
+            and len(self.outcomes) == len(self.payloads)
+        )
 
     def progress(self, lost: tuple[int, ...] = ()) -> Progress:
         succeeded = sum(1 for _, ok, _ in self.outcomes if ok)
@@ -1458,6 +1510,11 @@ def store_state_machine(
             if job.terminal:
                 assert not changed
                 assert got == job.frozen
+                return
+            if status is JobStatus.COMPLETED and not job.complete:
+                assert not changed  # refused: a job completes only with every outcome in
+                assert got.status is job.status
+                assert got.completed_at is None
                 return
             assert changed
             assert got.status is status

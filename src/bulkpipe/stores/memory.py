@@ -364,7 +364,7 @@ class MemoryStore:
         if not status.is_terminal:
             raise ValueError(f"finish_job needs a terminal status, not {status}")
         job = self._job(job_id)
-        if job.status.is_terminal:
+        if job.status.is_terminal or (status is JobStatus.COMPLETED and not _complete(job)):
             return job.snapshot(), False
         now = time.time()
         if error is not None:
@@ -465,3 +465,8 @@ def _size(row: OutcomeRow) -> int:
             # isascii() is O(1); only other text is encoded (surrogatepass: never raises)
             size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     return size
+
+
+def _complete(job: _Job) -> bool:
+    """Whether every item of the job is in and has its outcome, and every batch is closed."""
+    return job.sealed and not job.open_batches and job.succeeded + job.failed == job.total

@@ -178,8 +178,12 @@ class PostgresStore:
     *database server* crashes (not a worker: a killed worker loses nothing either way), the
     last fraction of a second of progress may be lost; those batches are simply run again
     (at-least-once, as after a worker crash), counts and outcomes stay consistent, and a
-    sealed job never loses items nor a finished job its status. A submit that the crash cut
-    short fails with a :class:`StoreError` rather than seal a job that lost items.
+    sealed job never loses items nor a finished job its status. A batch is closed only in the
+    statement that proves every one of its items has an outcome (its ``size`` and ``recorded``
+    counts): a done report that finds outcomes missing, because an earlier write was lost,
+    puts the batch back to pending (logged once as a warning) so that those items run again.
+    A submit that the crash cut short fails with a :class:`StoreError` rather than seal a job
+    that lost items.
     """
 
     def __init__(
@@ -586,15 +590,32 @@ class PostgresStore:
             sent.append(report)
             if report.done:
                 closed.add(report.lease.batch_no)
-        row = conn.execute(self._q["record"], _record_params(job_id, sent, retry), binary=True)
+        # Not prepared: a prepared statement soon runs a generic plan, and the generic plan of
+        # this one scans every batch of the store (the replay condition defeats the index).
+        row = conn.execute(
+            self._q["record"], _record_params(job_id, sent, retry), binary=True, prepare=False
+        )
         result = row.fetchone()
         if result is None:  # the job is missing or has ended: nothing was written
             return self._read_progress(conn, retry, job_id)
         held = {(batch_no, token) for batch_no, token in result[6]}
+        reopened = {batch_no: short for batch_no, short in result[7]}
+        for batch_no, short in reopened.items():
+            log.warning(
+                "%r: batch %d of job %s was reported done, but %d of its items have no stored "
+                "outcome (the database server lost acknowledged writes, as after a crash with "
+                "asynchronous commit); the batch is pending again and those items will run again",
+                self,
+                batch_no,
+                job_id,
+                short,
+            )
         lost = tuple(
             r.lease.batch_no
             for i, r in enumerate(reports)
-            if i in late or (r.lease.batch_no, r.lease.token) not in held
+            if i in late
+            or (r.lease.batch_no, r.lease.token) not in held
+            or (r.done and r.lease.batch_no in reopened)
         )
         return _progress(result, lost)
 
@@ -624,7 +645,8 @@ class PostgresStore:
         self, job_id: str, status: JobStatus, error: ProcessingError | None = None
     ) -> tuple[Job, bool]:
         """Move the job to a terminal status unless it has one; return it and whether this
-        call changed it."""
+        call changed it. ``COMPLETED`` is refused (unchanged, False) unless the job is sealed,
+        has no open batch and every item has an outcome."""
         if not status.is_terminal:
             raise ValueError(f"finish_job needs a terminal status, not {status}")
         params = {

@@ -653,7 +653,8 @@ class SQLiteStore:
         self, job_id: str, status: JobStatus, error: ProcessingError | None = None
     ) -> tuple[Job, bool]:
         """Move the job to a terminal status unless it has one; return it and whether this
-        call changed it."""
+        call changed it. ``COMPLETED`` is refused (unchanged, False) unless the job is sealed,
+        has no open batch and every item has an outcome."""
         if not status.is_terminal:
             raise ValueError(f"finish_job needs a terminal status, not {status}")
         return await self._call("finishing a job", self._finish_job, job_id, status, error)

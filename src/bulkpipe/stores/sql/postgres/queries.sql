@@ -84,8 +84,8 @@ WITH job AS (
     SELECT count(*) AS n, count(DISTINCT batch_no) AS batches, max(batch_no) AS last
     FROM added
 ), batch AS (
-    INSERT INTO {prefix}batches (job, batch_no)
-    SELECT DISTINCT job.seq, added.batch_no FROM job, added
+    INSERT INTO {prefix}batches (job, batch_no, size)
+    SELECT job.seq, added.batch_no, count(*) FROM job, added GROUP BY job.seq, added.batch_no
 )
 UPDATE {prefix}jobs AS j
 SET next_batch = counted.last + 1,
@@ -220,9 +220,17 @@ CROSS JOIN LATERAL (
 -- the batch's: one call may carry a stale and a current report of one batch). Locks the
 -- live job, then the batches whose lease the reports still hold (a replay may also find its
 -- own done batch), stores the outcomes of those batches that are new (an item keeps its first
--- final outcome), closes the done batches, and counts only the rows actually stored, in the
--- same statement. Outcome ids (the read cursor) count up per job under the job's row lock, so
--- they follow commit order. Returns no row when the job is missing or terminal.
+-- final outcome), adds them to their batch's `recorded`, and counts only the rows actually
+-- stored, in the same statement. Outcome ids (the read cursor) count up per job under the
+-- job's row lock, so they follow commit order. Returns no row when the job is missing or
+-- terminal.
+--
+-- A done report closes its batch only if the batch's outcomes then cover every item
+-- (recorded = size), proved in this statement. Every CTE reads the tables as they were before
+-- the statement, so that is `recorded` before plus the rows stored now. A done report that
+-- finds its batch short (an earlier write was acknowledged, then lost when the server crashed:
+-- commits are asynchronous) puts the batch back to pending instead, to be claimed again for
+-- its items without an outcome; those come back in the last column, with how many are short.
 WITH job AS (
     SELECT seq, next_outcome FROM {prefix}jobs
     WHERE id = %(id)s AND status IN ('pending', 'processing')
@@ -231,7 +239,7 @@ WITH job AS (
     SELECT * FROM unnest(%(batch_nos)b::int[], %(tokens)b::bigint[], %(done)b::boolean[])
         WITH ORDINALITY AS r (batch_no, token, done, n)
 ), held AS (
-    SELECT b.batch_no, b.token, b.state, r.done, r.n
+    SELECT b.batch_no, b.token, b.state, b.size, b.recorded, r.done, r.n
     FROM job
     JOIN {prefix}batches AS b ON b.job = job.seq
     JOIN report AS r ON r.batch_no = b.batch_no AND r.token = b.token
@@ -254,12 +262,36 @@ WITH job AS (
     WHERE t.report IN (SELECT n FROM held)  -- by report: a stale token's rows never pass
     ON CONFLICT (job, item_id) DO NOTHING
     RETURNING o.id, o.item_id, o.ok, o.error, o.error_type, o.attempts, o.finished_at
-), finished AS (
+), tally AS (
+    -- The outcomes stored now, by batch. A stored row's id - next_outcome is its position in
+    -- the outcome arrays, which gives its report and so its batch (no join: a join of stored
+    -- with the input is planned as a nested loop, quadratic in the rows of a call).
+    SELECT
+        (%(batch_nos)b::int[])[(%(o_report)b::int[])[(s.id - job.next_outcome)::int]]
+            AS batch_no,
+        count(*) AS n
+    FROM job, stored AS s
+    GROUP BY 1
+), batch AS (
+    SELECT h.batch_no, bool_or(h.done AND h.state = 1) AS closing, max(h.size) AS size,
+        max(h.recorded) + coalesce(max(t.n), 0) AS recorded
+    FROM held AS h
+    LEFT JOIN tally AS t ON t.batch_no = h.batch_no
+    GROUP BY h.batch_no
+), changed AS (
     UPDATE {prefix}batches AS b
-    SET state = 2, owner = NULL, expires_at = NULL
-    FROM job, held
-    WHERE b.job = job.seq AND b.batch_no = held.batch_no AND held.done AND held.state = 1
-    RETURNING b.batch_no
+    SET recorded = batch.recorded,
+        state = CASE
+            WHEN NOT batch.closing THEN b.state
+            WHEN batch.recorded >= batch.size THEN 2
+            ELSE 0
+        END,
+        owner = CASE WHEN batch.closing THEN NULL ELSE b.owner END,
+        expires_at = CASE WHEN batch.closing THEN NULL ELSE b.expires_at END
+    FROM job, batch
+    WHERE b.job = job.seq AND b.batch_no = batch.batch_no
+      AND (batch.closing OR batch.recorded <> b.recorded)
+    RETURNING b.batch_no, b.state, batch.closing, batch.size - batch.recorded AS short
 ), counted AS (
     SELECT count(*) FILTER (WHERE ok) AS ok, count(*) FILTER (WHERE NOT ok) AS bad FROM stored
 )
@@ -268,7 +300,7 @@ SET next_outcome = j.next_outcome + %(o_count)s,
     succeeded = j.succeeded + counted.ok,
     failed = j.failed + counted.bad,
     error_count = j.error_count + counted.bad,
-    open_batches = j.open_batches - (SELECT count(*) FROM finished),
+    open_batches = j.open_batches - (SELECT count(*) FROM changed WHERE closing AND state = 2),
     errors = CASE WHEN counted.bad = 0 THEN j.errors ELSE j.errors || (
         SELECT coalesce(jsonb_agg(jsonb_build_object(
             'item_id', s.item_id,
@@ -284,7 +316,8 @@ SET next_outcome = j.next_outcome + %(o_count)s,
 FROM job, counted
 WHERE j.seq = job.seq
 RETURNING j.status, j.sealed, j.total, j.succeeded, j.failed, j.open_batches,
-    ARRAY(SELECT ARRAY[batch_no, token] FROM held)
+    ARRAY(SELECT ARRAY[batch_no, token] FROM held),
+    ARRAY(SELECT ARRAY[batch_no, short] FROM changed WHERE closing AND state = 0)
 
 -- name: renew_leases --
 -- Extends the leases still held on live jobs; returns every lease given, with its job's
@@ -352,6 +385,9 @@ SET status = %(status)s,
     END,
     error_count = j.error_count + (%(error)s::jsonb IS NOT NULL)::int
 WHERE j.id = %(id)s AND j.status IN ('pending', 'processing')
+  -- A job completes only once every item is in and has its outcome, every batch closed.
+  AND (%(status)s::text <> 'completed'
+       OR (j.sealed AND j.open_batches = 0 AND j.succeeded + j.failed = j.total))
 RETURNING j.seq
 
 -- name: get_job --

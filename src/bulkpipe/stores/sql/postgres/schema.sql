@@ -54,7 +54,7 @@ CREATE INDEX {prefix}jobs_active ON {prefix}jobs (priority DESC, seq)
 CREATE INDEX {prefix}jobs_status ON {prefix}jobs (status, seq);
 CREATE INDEX {prefix}jobs_owner ON {prefix}jobs (owner, seq);
 
--- One row per batch; state 0 pending, 1 leased, 2 done.
+-- One row per batch; state 0 pending, 1 leased, 2 done (only once recorded = size).
 CREATE TABLE {prefix}batches (
     job bigint NOT NULL,
     batch_no integer NOT NULL,
@@ -63,6 +63,8 @@ CREATE TABLE {prefix}batches (
     owner text,                              -- the worker holding the lease
     expires_at timestamptz,
     claims integer NOT NULL DEFAULT 0,
+    size integer NOT NULL DEFAULT 0,         -- its items
+    recorded integer NOT NULL DEFAULT 0,     -- outcomes stored for its items
     PRIMARY KEY (job, batch_no)
 );
 
@@ -98,4 +100,4 @@ CREATE TABLE {prefix}outcomes (
     UNIQUE (job, item_id)
 );
 
-INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', '1');
+INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', '2');

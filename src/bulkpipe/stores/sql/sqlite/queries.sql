@@ -235,6 +235,8 @@ UPDATE {prefix}jobs
 SET status = :status, completed_at = :now, updated_at = :now,
     started_at = coalesce(started_at, :now), error_count = error_count + :errors
 WHERE seq = :job AND status IN ('pending', 'processing')
+  -- A job completes only once every item is in and has its outcome, every batch closed.
+  AND (:status <> 'completed' OR (sealed AND open_batches = 0 AND succeeded + failed = total))
 
 -- == reading ==================================================================================
 

@@ -14,11 +14,13 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .gate import PriorityGate
+from .heartbeat import HeartbeatThread, RenewalState
 from .lifecycle import settle
 from .models import JobStatus, ProcessingError
 from .processors import ProcessorRegistry
 from .runner import JobRunner
-from .store import ClaimedBatch, JobStore
+from .store import ClaimedBatch, JobStore, Lease, SupportsHeartbeatStore
+from .watchdog import LoopWatchdog
 
 log = logging.getLogger("bulkpipe.worker")
 
@@ -34,6 +36,13 @@ class Worker:
     run up to N times as much of one job. Batches are claimed under a lease of
     ``lease_timeout`` seconds that a heartbeat renews; a batch whose lease expires (its worker
     died) is claimed again by another worker.
+
+    On a store with a heartbeat capability (SQLite, PostgreSQL:
+    :class:`~bulkpipe.store.SupportsHeartbeatStore`) the heartbeat runs on a thread of its own,
+    with its own connection, so a processor that blocks the event loop does not lose its
+    leases. ``blocked_loop_threshold`` (seconds, None: off) is how long the event loop may go
+    without running before a watchdog logs a WARNING naming the jobs and processors running
+    (``bulkpipe.watchdog``).
     """
 
     def __init__(
@@ -47,6 +56,7 @@ class Worker:
         worker_id: str | None = None,
         registry: ProcessorRegistry | None = None,
         gate: PriorityGate | None = None,
+        blocked_loop_threshold: float | None = 1.0,
     ) -> None:
         if lease_timeout <= 0:
             raise ValueError(f"lease_timeout must be positive, not {lease_timeout}")
@@ -57,6 +67,11 @@ class Worker:
         if registry is not None and processors:
             for name, processor in processors.items():
                 registry.register(name, processor)
+        if blocked_loop_threshold is not None and not blocked_loop_threshold > 0:
+            raise ValueError(
+                f"blocked_loop_threshold must be positive or None, not {blocked_loop_threshold}"
+            )
+        self.blocked_loop_threshold = blocked_loop_threshold
         self.lease_timeout = lease_timeout
         self.poll_interval = poll_interval
         self.worker_id = worker_id or _default_worker_id()
@@ -73,6 +88,10 @@ class Worker:
         self._served = anyio.Event()
         #: Called with a job id whenever a job run here ends (the pipeline wakes its waiters).
         self.on_job_end: Callable[[str], None] | None = None
+        #: The lease-renewing thread while serving on a store that allows one.
+        self.heartbeat_thread: HeartbeatThread | None = None
+        #: The blocked-loop watchdog while serving (None when ``blocked_loop_threshold`` is).
+        self.watchdog: LoopWatchdog | None = None
 
     def __repr__(self) -> str:
         return f"Worker(id={self.worker_id!r}, store={self.store!r})"
@@ -170,6 +189,7 @@ class Worker:
                 self._served.set()
 
     def _start(self, claimed: ClaimedBatch, tg: TaskGroup) -> None:
+        self._hold(claimed)
         self._running_jobs.add(claimed.job.id)
         tg.start_soon(self._run_job, claimed, name=f"bulkpipe job {claimed.job.id}")
 
@@ -216,11 +236,14 @@ class Worker:
         """Claim the next batch of one job this worker already runs."""
         if self._stopping or job_id in self._stopped_jobs:
             return None
-        return await self.store.claim_batch(
+        claimed = await self.store.claim_batch(
             worker_id=self.worker_id,
             lease_seconds=self.lease_timeout,
             job_id=job_id,
         )
+        if claimed is not None:
+            self._hold(claimed)
+        return claimed
 
     async def wait_for_work(self, event: anyio.Event | None = None) -> None:
         """Sleep until woken (new work in this process) or the poll interval passes."""
@@ -236,8 +259,53 @@ class Worker:
             runner.stop()
             await runner.finished.wait()
 
+    def _hold(self, claimed: ClaimedBatch) -> None:
+        """Have the heartbeat thread renew a batch from its claim on (a processor could block
+        the loop before the next heartbeat tick)."""
+        if self.heartbeat_thread is not None:
+            self.heartbeat_thread.hold(claimed.lease)
+
+    def _describe_running(self) -> str:
+        """What runs here, per job (read by the watchdog thread while the loop is blocked)."""
+        runners = dict(self.runners)  # one C-level copy: safe against the loop changing it
+        if not runners:
+            return "no job"
+        return ", ".join(
+            f"job {job_id} (processor {runner.spec.type!r})" for job_id, runner in runners.items()
+        )
+
     async def _heartbeat(self) -> None:
+        """Renew leases, act on lost leases and ended jobs, watch the loop, settle orphans."""
         interval = min(self.lease_timeout / 3, 1.0)
+        try:
+            # Before the first checkpoint: the claim loop, started with this task, has its
+            # first lease held by the thread as soon as its claim returns.
+            if isinstance(self.store, SupportsHeartbeatStore):
+                self.heartbeat_thread = HeartbeatThread(
+                    self.store.heartbeat_store(),
+                    worker_id=self.worker_id,
+                    lease_seconds=self.lease_timeout,
+                    interval=interval,
+                )
+                self.heartbeat_thread.start()
+            async with anyio.create_task_group() as tg:
+                if self.blocked_loop_threshold is not None:
+                    self.watchdog = LoopWatchdog(
+                        self.blocked_loop_threshold,
+                        self._describe_running,
+                        f"worker {self.worker_id}",
+                    )
+                    tg.start_soon(self.watchdog.run)
+                await self._beat(interval)
+        finally:
+            thread, self.heartbeat_thread = self.heartbeat_thread, None
+            if thread is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(thread.stop)
+
+    async def _beat(self, interval: float) -> None:
+        thread = self.heartbeat_thread
+        state = RenewalState(f"worker {self.worker_id}")
         next_sweep = anyio.current_time() + self.lease_timeout
         while True:
             await anyio.sleep(interval)
@@ -248,18 +316,31 @@ class Worker:
                 except Exception:
                     log.exception("worker %s: looking for unsettled jobs failed", self.worker_id)
             leases = [lease for runner in self.runners.values() for lease in runner.leases()]
-            if not leases:
+            if thread is not None:
+                thread.reconcile(leases)
+                lost, ended = thread.take()
+            elif not leases:
                 continue
-            try:
-                result = await self.store.renew_leases(self.worker_id, leases, self.lease_timeout)
-            except Exception:
-                log.exception("worker %s: lease renewal failed; will try again", self.worker_id)
-                continue
-            for runner in list(self.runners.values()):
-                if runner.spec.id in result.ended_jobs:
-                    runner.stop(ended=True)
-                elif result.lost:
-                    runner.lose([lease for lease in result.lost if lease.job_id == runner.spec.id])
+            else:
+                try:
+                    result = await self.store.renew_leases(
+                        self.worker_id, leases, self.lease_timeout
+                    )
+                except Exception as exc:
+                    state.failed(exc, interval)
+                    continue
+                state.succeeded()
+                lost, ended = list(result.lost), set(result.ended_jobs)
+            if lost or ended:
+                self._renewed(lost, ended)
+
+    def _renewed(self, lost: list[Lease], ended: set[str]) -> None:
+        """Act on what a renewal learned: stop runners of ended jobs, drop lost batches."""
+        for runner in list(self.runners.values()):
+            if runner.spec.id in ended:
+                runner.stop(ended=True)
+            elif lost:
+                runner.lose([lease for lease in lost if lease.job_id == runner.spec.id])
 
     async def _settle_orphans(self) -> None:
         """Complete jobs whose every batch is done but whose final status was never written

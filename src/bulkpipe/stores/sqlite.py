@@ -161,6 +161,11 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, prefix={self.prefix!r})"
 
+    def heartbeat_store(self) -> SQLiteStore:
+        """A new, unopened store on the same file, for a worker's heartbeat thread
+        (:class:`bulkpipe.store.SupportsHeartbeatStore`)."""
+        return SQLiteStore(self.path, prefix=self.prefix, busy_timeout=self.busy_timeout)
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def _error(self, what: str, exc: sqlite3.Error) -> StoreError:

@@ -1,9 +1,9 @@
 """Noticing an event loop that does not run: a processor blocking it (``time.sleep`` or CPU work
 inside ``async def``) stalls every other job, the HTTP API and the heartbeat of this process.
 
-:class:`LoopWatchdog` runs a small task on the loop that ticks every ``threshold / 4`` seconds
-and a daemon thread that checks the ticks. One *episode* (the loop late by more than
-``threshold``) gives one WARNING, naming what ran at the time (``describe()``, which the worker
+:class:`LoopWatchdog` runs a small task on the loop that ticks every ``min(threshold / 4, 0.1)``
+seconds and a daemon thread that checks the ticks as often. One *episode* (the loop late by
+more than ``threshold``) gives one WARNING, naming what ran at the time (``describe()``, which the worker
 keeps per job runner, never per item), the innermost Python frame the loop thread was in, and
 how long the loop was blocked. It is written when the loop runs again; a loop still blocked
 after ``10 * threshold`` is reported then by the thread (and the end of the episode at INFO).
@@ -50,7 +50,7 @@ class LoopWatchdog:
         self.threshold = threshold
         self.describe = describe
         self.name = name
-        self._tick = threshold / 4
+        self._tick = min(threshold / 4, 0.1)
         self._last = time.monotonic()
         self._loop_thread = threading.get_ident()
         self._lock = threading.Lock()

@@ -31,9 +31,9 @@ async def test_one_warning_per_blocked_episode(caplog: pytest.LogCaptureFixture)
         await tg.start(watchdog.run)
         await anyio.sleep(0.3)  # a loop that runs: nothing to say
         assert watchdog.episodes == 0
-        time.sleep(0.6)  # one episode
+        time.sleep(0.6)  # noqa: ASYNC251 - one episode
         await anyio.sleep(0.3)
-        time.sleep(0.5)  # a second one
+        time.sleep(0.5)  # noqa: ASYNC251 - a second one
         await anyio.sleep(0.3)
         tg.cancel_scope.cancel()
     found = warnings(caplog, "bulkpipe.watchdog")
@@ -50,11 +50,12 @@ async def test_a_long_block_is_reported_while_it_goes_on(caplog: pytest.LogCaptu
     async with anyio.create_task_group() as tg:
         await tg.start(watchdog.run)
         await anyio.sleep(0.1)
-        time.sleep(0.9)  # over 10 thresholds: the thread says so before the loop runs again
+        time.sleep(0.9)  # noqa: ASYNC251 - over 10 thresholds: reported while it goes on
         await anyio.sleep(0.1)
         tg.cancel_scope.cancel()
     found = warnings(caplog, "bulkpipe.watchdog")
-    assert len(found) == 1 and "and counting" in found[0], found
+    assert len(found) == 1, found
+    assert "and counting" in found[0]
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any("runs again after 0.9 s" in m for m in infos), infos
 
@@ -65,7 +66,7 @@ async def test_a_worker_names_the_job_and_processor_blocking_its_loop(
     caplog.set_level(logging.WARNING, logger="bulkpipe.watchdog")
 
     async def blocking(item: object) -> None:
-        time.sleep(0.5)  # the mistake the watchdog is for
+        time.sleep(0.5)  # noqa: ASYNC251 - the mistake the watchdog is for
 
     store = MemoryStore()
     job = make_job(type="blocking")
@@ -78,7 +79,7 @@ async def test_a_worker_names_the_job_and_processor_blocking_its_loop(
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             await tg.start(worker.run)
-            while not (await store.get_job(job.id)).status.is_terminal:
+            while not (await store.get_job(job.id)).status.is_terminal:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
             worker.stop()
     assert (await store.get_job(job.id)).status is JobStatus.COMPLETED
@@ -118,19 +119,20 @@ async def test_the_heartbeat_thread_logs_an_outage_once(caplog: pytest.LogCaptur
     beat.hold(Lease(job_id="j", batch_no=0, token=1))
     beat.start()
     try:
-        while beat.renewals < 2:
+        while beat.renewals < 2:  # noqa: ASYNC110 - a count kept by another thread
             await anyio.sleep(0.01)
         store.down = True
         await anyio.sleep(0.3)  # some 15 failed tries
         store.down = False
         renewed = beat.renewals
-        while beat.renewals < renewed + 2:
+        while beat.renewals < renewed + 2:  # noqa: ASYNC110
             await anyio.sleep(0.01)
     finally:
         await anyio.to_thread.run_sync(beat.stop)
     found = warnings(caplog, "bulkpipe.worker")
     assert len(found) == 2, found
-    assert "store is unreachable" in found[0] and "reachable again" in found[1]
+    assert "store is unreachable" in found[0]
+    assert "reachable again" in found[1]
     assert all(r.exc_info is None for r in caplog.records)  # no traceback per try
 
 

@@ -3,10 +3,11 @@ inside ``async def``) stalls every other job, the HTTP API and the heartbeat of 
 
 :class:`LoopWatchdog` runs a small task on the loop that ticks every ``min(threshold / 4, 0.1)``
 seconds and a daemon thread that checks the ticks as often. One *episode* (the loop late by
-more than ``threshold``) gives one WARNING, naming what ran at the time (``describe()``, which the worker
-keeps per job runner, never per item), the innermost Python frame the loop thread was in, and
-how long the loop was blocked. It is written when the loop runs again; a loop still blocked
-after ``10 * threshold`` is reported then by the thread (and the end of the episode at INFO).
+more than ``threshold``) gives one WARNING, naming what ran at the time (``describe()``, which
+the worker keeps per job runner, never per item), the innermost Python frame the loop thread
+was in, and how long the loop was blocked. It is written when the loop runs again; a loop
+still blocked after ``10 * threshold`` is reported then by the thread (and the end of the
+episode at INFO).
 """
 
 from __future__ import annotations

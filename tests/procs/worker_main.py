@@ -30,7 +30,7 @@ class Sleepy:
 
     async def process(self, item: dict[str, Any]) -> dict[str, Any]:
         if "block_ms" in item:
-            time.sleep(item["block_ms"] / 1000)  # blocks the event loop, on purpose
+            time.sleep(item["block_ms"] / 1000)  # noqa: ASYNC251 - blocks the loop, on purpose
         await anyio.sleep(item.get("ms", 1) / 1000)
         self._log.write(f"{item['id']}\n")
         return {"pid": os.getpid()}

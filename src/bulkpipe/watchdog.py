@@ -13,6 +13,7 @@ episode at INFO).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -26,6 +27,22 @@ log = logging.getLogger("bulkpipe.watchdog")
 
 #: How many thresholds a block lasts before the watchdog thread reports it while it goes on.
 LONG_BLOCK = 10.0
+
+
+def resident_memory() -> int | None:
+    """This process's resident memory in bytes (``/proc/self/statm``; elsewhere the peak from
+    ``resource``), or None where neither is available."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _where(thread_id: int) -> str:

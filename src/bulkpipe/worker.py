@@ -20,7 +20,7 @@ from .models import JobStatus, ProcessingError
 from .processors import ProcessorRegistry
 from .runner import JobRunner
 from .store import ClaimedBatch, JobStore, Lease, SupportsHeartbeatStore
-from .watchdog import LoopWatchdog
+from .watchdog import LoopWatchdog, resident_memory
 
 log = logging.getLogger("bulkpipe.worker")
 
@@ -43,6 +43,13 @@ class Worker:
     leases. ``blocked_loop_threshold`` (seconds, None: off) is how long the event loop may go
     without running before a watchdog logs a WARNING naming the jobs and processors running
     (``bulkpipe.watchdog``).
+
+    Recycling: with ``max_items`` (items claimed, counted per batch) or ``max_memory`` (bytes
+    of resident memory, checked once a heartbeat) the worker, once either is reached, claims
+    nothing more, lets its open batches finish (up to their jobs' ``timeout``), records and
+    releases, and :meth:`run` returns with :attr:`limit_reached` saying which limit it was, for
+    the caller to start afresh (``bulkpipe worker`` restarts its loop, re-executes itself for
+    memory, or exits for a supervisor).
     """
 
     def __init__(
@@ -57,6 +64,8 @@ class Worker:
         registry: ProcessorRegistry | None = None,
         gate: PriorityGate | None = None,
         blocked_loop_threshold: float | None = 1.0,
+        max_items: int | None = None,
+        max_memory: int | None = None,
     ) -> None:
         if lease_timeout <= 0:
             raise ValueError(f"lease_timeout must be positive, not {lease_timeout}")
@@ -72,6 +81,19 @@ class Worker:
                 f"blocked_loop_threshold must be positive or None, not {blocked_loop_threshold}"
             )
         self.blocked_loop_threshold = blocked_loop_threshold
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"max_items must be 1 or more, or None, not {max_items}")
+        if max_memory is not None and max_memory < 1:
+            raise ValueError(f"max_memory must be a positive number of bytes, not {max_memory}")
+        self.max_items = max_items
+        self.max_memory = max_memory
+        #: Items of the batches claimed so far (counted per batch, for ``max_items``).
+        self.items_claimed = 0
+        #: ``"max_items"`` or ``"max_memory"`` once that limit was reached, else None.
+        self.limit_reached: str | None = None
+        #: Whether :meth:`stop` was called (a signal, the caller): then do not recycle.
+        self.stop_requested = False
+        self._draining = False
         self.lease_timeout = lease_timeout
         self.poll_interval = poll_interval
         self.worker_id = worker_id or _default_worker_id()
@@ -145,6 +167,10 @@ class Worker:
 
     def stop(self) -> None:
         """Stop gracefully: claim nothing more, record what finished, release the rest."""
+        self.stop_requested = True
+        self._halt()
+
+    def _halt(self) -> None:
         self._stopping = True
         self.wake()
 
@@ -168,6 +194,9 @@ class Worker:
             task_status.started()
             try:
                 while not self._stopping:
+                    if self._draining:  # a recycling limit was reached (_reach_limit)
+                        await self._drain()
+                        continue
                     claimed = await self.store.claim_batch(
                         worker_id=self.worker_id,
                         lease_seconds=self.lease_timeout,
@@ -189,7 +218,7 @@ class Worker:
                 self._served.set()
 
     def _start(self, claimed: ClaimedBatch, tg: TaskGroup) -> None:
-        self._hold(claimed)
+        self._claimed(claimed)
         self._running_jobs.add(claimed.job.id)
         tg.start_soon(self._run_job, claimed, name=f"bulkpipe job {claimed.job.id}")
 
@@ -234,7 +263,7 @@ class Worker:
 
     async def claim(self, job_id: str) -> ClaimedBatch | None:
         """Claim the next batch of one job this worker already runs."""
-        if self._stopping or job_id in self._stopped_jobs:
+        if self._stopping or self._draining or job_id in self._stopped_jobs:
             return None
         claimed = await self.store.claim_batch(
             worker_id=self.worker_id,
@@ -242,7 +271,7 @@ class Worker:
             job_id=job_id,
         )
         if claimed is not None:
-            self._hold(claimed)
+            self._claimed(claimed)
         return claimed
 
     async def wait_for_work(self, event: anyio.Event | None = None) -> None:
@@ -259,11 +288,45 @@ class Worker:
             runner.stop()
             await runner.finished.wait()
 
-    def _hold(self, claimed: ClaimedBatch) -> None:
-        """Have the heartbeat thread renew a batch from its claim on (a processor could block
-        the loop before the next heartbeat tick)."""
+    def _claimed(self, claimed: ClaimedBatch) -> None:
+        """A batch was claimed: the heartbeat thread renews it from now on (a processor could
+        block the loop before the next heartbeat tick), and it counts towards ``max_items``."""
         if self.heartbeat_thread is not None:
             self.heartbeat_thread.hold(claimed.lease)
+        self.items_claimed += len(claimed.items)
+        if self.max_items is not None and self.items_claimed >= self.max_items:
+            self._reach_limit("max_items", f"{self.items_claimed} items claimed")
+
+    def _reach_limit(self, limit: str, what: str) -> None:
+        if self.limit_reached is not None:
+            return
+        if limit == "max_memory" and not self.items_claimed:
+            # Over the limit before any work: recycling would only start over, again and again.
+            log.warning(
+                "worker %s: max_memory is below this worker's memory before any work (%s); "
+                "not recycling for it: raise the limit",
+                self.worker_id,
+                what,
+            )
+            self.max_memory = None
+            return
+        self.limit_reached = limit
+        self._draining = True
+        log.info(
+            "worker %s: %s reached (%s); claiming nothing more, finishing open batches",
+            self.worker_id,
+            limit,
+            what,
+        )
+        self.wake()
+
+    async def _drain(self) -> None:
+        """Let the open batches finish (up to their jobs' timeout), then stop gracefully."""
+        timeout = max((r.options.timeout for r in self.runners.values()), default=0.0)
+        with anyio.move_on_after(timeout + self.poll_interval):
+            while self._running_jobs and not self._stopping:
+                await self.wait_for_work()  # a job ending here wakes it
+        self._halt()
 
     def _describe_running(self) -> str:
         """What runs here, per job (read by the watchdog thread while the loop is blocked)."""
@@ -309,6 +372,10 @@ class Worker:
         next_sweep = anyio.current_time() + self.lease_timeout
         while True:
             await anyio.sleep(interval)
+            if self.max_memory is not None:
+                rss = resident_memory()
+                if rss is not None and rss >= self.max_memory:
+                    self._reach_limit("max_memory", f"resident memory {rss / 2**20:.0f} MB")
             if anyio.current_time() >= next_sweep:
                 next_sweep = anyio.current_time() + self.lease_timeout
                 try:

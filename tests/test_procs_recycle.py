@@ -6,6 +6,7 @@ PYTHONPATH), as an installed package's would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,10 +103,8 @@ def run_until_done(
         try:
             deadline = time.monotonic() + timeout
             while proc.poll() is None and time.monotonic() < deadline:
-                try:
+                with contextlib.suppress(OSError, IndexError, ValueError):  # it is re-executing
                     peak = max(peak, rss(proc.pid))
-                except (OSError, IndexError, ValueError):
-                    pass
                 if status_and_results(url, job_id)[0].is_terminal:
                     proc.send_signal(signal.SIGTERM)
                     break

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bulkpipe import JobStatus, StoreError, Worker
+from bulkpipe import JobOptions, JobStatus, StoreError, Worker
 from bulkpipe.heartbeat import HeartbeatThread
 from bulkpipe.store import Lease, RenewResult
 from bulkpipe.stores import MemoryStore, SQLiteStore
@@ -164,3 +164,57 @@ async def test_the_heartbeat_thread_hands_lost_leases_back(tmp_path: Path) -> No
             await anyio.to_thread.run_sync(beat.stop)
     finally:
         await store.close()
+
+
+async def test_an_in_memory_sqlite_store_renews_on_the_loop() -> None:
+    """A second connection to ``:memory:`` would be another, empty database: its renewals
+    would report every lease lost. Such a store has no heartbeat store."""
+    store = SQLiteStore(":memory:")
+    assert store.heartbeat_store() is None
+    await store.open()
+    try:
+        job = make_job(type="noop")
+        await store.create_job(job)
+        await store.add_batch(job.id, encoded(3))
+        await store.seal_job(job.id)
+
+        async def noop(item: object) -> None:
+            await anyio.sleep(0.6)  # over two heartbeats of a 0.6 s lease
+
+        worker = Worker(store, processors={"noop": noop}, lease_timeout=0.6, poll_interval=0.05)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await tg.start(worker.serve)
+                assert worker.heartbeat_thread is None
+                while not (await store.get_job(job.id)).status.is_terminal:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+                worker.stop()
+        assert (await store.get_job(job.id)).status is JobStatus.COMPLETED
+    finally:
+        await store.close()
+
+
+async def test_max_items_drains_the_open_batches_and_returns() -> None:
+    """Reaching ``max_items`` stops claiming but lets the claimed items finish (not cancelled,
+    as on stop()), records them, and run() returns saying which limit it was."""
+    store = MemoryStore()
+    job = make_job(type="slow", options=JobOptions(batch_size=2, concurrency=2))
+    await store.create_job(job)
+    for i in range(5):
+        await store.add_batch(job.id, encoded(2, start=2 * i))
+    await store.seal_job(job.id)
+
+    async def slow(item: object) -> str:
+        await anyio.sleep(0.3)
+        return "done"
+
+    worker = Worker(store, processors={"slow": slow}, poll_interval=0.05, max_items=4)
+    with anyio.fail_after(10):
+        await worker.run()
+    assert worker.limit_reached == "max_items"
+    assert not worker.stop_requested
+    assert worker.items_claimed == 4  # two batches of two, then nothing more
+    page = await store.read_outcomes(job.id)
+    assert len(page.rows) == 4
+    assert all(outcome.result == "done" for outcome in page.rows), page.rows
+    assert await store.claim_batch(worker_id="next", lease_seconds=5) is not None  # the rest

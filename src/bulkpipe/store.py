@@ -215,12 +215,13 @@ class SupportsHeartbeatStore(Protocol):
 
     A store whose methods may be called from another thread and event loop through a store
     object of its own (its own connection) has ``heartbeat_store()``, which returns a new,
-    unopened store on the same database with the same settings and at most one connection.
+    unopened store on the same database with the same settings and at most one connection
+    (or None when this store object cannot have one, e.g. an in-memory SQLite database).
     A :class:`bulkpipe.Worker` then renews its leases from a thread of its own, so a
     processor that blocks the event loop does not let them expire (``bulkpipe.heartbeat``).
     The SQLite and PostgreSQL stores have it; ``MemoryStore`` lives in the worker's process
     and loop, so its leases are renewed on the loop.
     """
 
-    def heartbeat_store(self) -> JobStore:
+    def heartbeat_store(self) -> JobStore | None:
         """A new, unopened store on the same database, for use from another thread."""

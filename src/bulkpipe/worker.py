@@ -343,9 +343,14 @@ class Worker:
         try:
             # Before the first checkpoint: the claim loop, started with this task, has its
             # first lease held by the thread as soon as its claim returns.
-            if isinstance(self.store, SupportsHeartbeatStore):
+            second = (
+                self.store.heartbeat_store()
+                if isinstance(self.store, SupportsHeartbeatStore)
+                else None
+            )
+            if second is not None:
                 self.heartbeat_thread = HeartbeatThread(
-                    self.store.heartbeat_store(),
+                    second,
                     worker_id=self.worker_id,
                     lease_seconds=self.lease_timeout,
                     interval=interval,

@@ -221,7 +221,7 @@ class PostgresStore:
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r}, prefix={self.prefix!r})"
 
-    def heartbeat_store(self) -> PostgresStore:
+    def heartbeat_store(self) -> PostgresStore | None:
         """A new, unopened store on the same database with one connection, for a worker's
         heartbeat thread (:class:`bulkpipe.store.SupportsHeartbeatStore`)."""
         return PostgresStore(

@@ -44,6 +44,24 @@ async def test_one_warning_per_blocked_episode(caplog: pytest.LogCaptureFixture)
     assert "test_procs_watchdog.py" in found[0]  # where the loop was stuck
 
 
+async def test_watchdogs_on_one_loop_report_a_block_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Workers of one Pipeline share a loop: one warning per block, naming what each ran."""
+    caplog.set_level(logging.WARNING, logger="bulkpipe.watchdog")
+    first = LoopWatchdog(0.2, lambda: "", "worker a")  # this one runs nothing
+    second = LoopWatchdog(0.2, lambda: "job j2 (processor 'p')", "worker b")
+    async with anyio.create_task_group() as tg:
+        await tg.start(first.run)
+        await tg.start(second.run)
+        await anyio.sleep(0.1)
+        time.sleep(0.5)  # noqa: ASYNC251
+        await anyio.sleep(0.3)
+        tg.cancel_scope.cancel()
+    found = warnings(caplog, "bulkpipe.watchdog")
+    assert len(found) == 1, found
+    assert found[0].startswith("worker a: ")
+    assert "while running job j2 (processor 'p');" in found[0]
+
+
 async def test_a_long_block_is_reported_while_it_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="bulkpipe.watchdog")
     watchdog = LoopWatchdog(0.05, lambda: "no job", "worker w")

@@ -28,6 +28,11 @@ log = logging.getLogger("bulkpipe.watchdog")
 #: How many thresholds a block lasts before the watchdog thread reports it while it goes on.
 LONG_BLOCK = 10.0
 
+# The watchdogs running, by the thread of their loop. Several workers on one loop (a Pipeline
+# with workers=N) see the same blocks: the first one reports them, naming what all of them ran.
+_watching: dict[int, list[LoopWatchdog]] = {}
+_watching_lock = threading.Lock()
+
 
 def resident_memory() -> int | None:
     """This process's resident memory in bytes (``/proc/self/statm``; elsewhere the peak from
@@ -57,9 +62,10 @@ def _where(thread_id: int) -> str:
 class LoopWatchdog:
     """Logs when the event loop it runs on has not run for longer than ``threshold`` seconds.
 
-    ``describe`` returns what runs on the loop (e.g. ``"job 1a2b (processor 'resize')"``); it is
-    called from the watchdog thread while the loop is blocked, so it must only read. ``name``
-    starts every log line (e.g. ``"worker host:123:ab12"``).
+    ``describe`` returns what runs on the loop (e.g. ``"job 1a2b (processor 'resize')"``, or
+    ``""`` for nothing); it is called from the watchdog thread while the loop is blocked, so it
+    must only read. ``name`` starts every log line (e.g. ``"worker host:123:ab12"``). Of several
+    watchdogs on one loop only the first started reports, naming what each of them runs.
     """
 
     def __init__(self, threshold: float, describe: Callable[[], str], name: str) -> None:
@@ -82,6 +88,8 @@ class LoopWatchdog:
         """Watch the loop this runs on until cancelled."""
         self._loop_thread = threading.get_ident()
         self._last = time.monotonic()
+        with _watching_lock:
+            _watching.setdefault(self._loop_thread, []).append(self)
         stop = threading.Event()
         thread = threading.Thread(
             target=self._watch, args=(stop,), name=f"bulkpipe watchdog {self.name}", daemon=True
@@ -101,10 +109,29 @@ class LoopWatchdog:
                     self._end(late, episode, reported)
         finally:
             stop.set()  # the thread is a daemon and exits within a tick: no join on the loop
+            with _watching_lock:
+                dogs = _watching[self._loop_thread]
+                dogs.remove(self)
+                if not dogs:
+                    del _watching[self._loop_thread]
+
+    def _lead(self) -> bool:
+        """Whether this is the watchdog that reports for its loop."""
+        with _watching_lock:
+            dogs = _watching.get(self._loop_thread)
+            return not dogs or dogs[0] is self
+
+    def _running(self) -> str:
+        """What every watchdog on this loop says runs."""
+        with _watching_lock:
+            dogs = list(_watching.get(self._loop_thread, [self]))
+        return "; ".join(filter(None, (dog.describe() for dog in dogs))) or "nothing of bulkpipe"
 
     def _end(self, late: float, episode: tuple[str, str] | None, reported: bool) -> None:
+        if not self._lead():
+            return
         if episode is None:  # shorter than a thread check; still a block worth knowing
-            episode = (self.describe(), "unknown")
+            episode = (self._running(), "unknown")
             self.episodes += 1
         running, where = episode
         if reported:
@@ -130,8 +157,10 @@ class LoopWatchdog:
                 if blocked <= self.threshold:
                     continue
                 if self._episode is None:
+                    if not self._lead():
+                        continue
                     self.episodes += 1
-                    self._episode = (self.describe(), _where(self._loop_thread))
+                    self._episode = (self._running(), _where(self._loop_thread))
                 if self._reported or blocked <= LONG_BLOCK * self.threshold:
                     continue
                 self._reported = True

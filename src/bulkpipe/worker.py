@@ -329,10 +329,9 @@ class Worker:
         self._halt()
 
     def _describe_running(self) -> str:
-        """What runs here, per job (read by the watchdog thread while the loop is blocked)."""
+        """What runs here, per job ("" for nothing; read by the watchdog thread while the loop
+        is blocked)."""
         runners = dict(self.runners)  # one C-level copy: safe against the loop changing it
-        if not runners:
-            return "no job"
         return ", ".join(
             f"job {job_id} (processor {runner.spec.type!r})" for job_id, runner in runners.items()
         )

@@ -236,3 +236,19 @@ async def test_max_items_drains_the_open_batches_and_returns() -> None:
     assert len(page.rows) == 4
     assert all(outcome.result == "done" for outcome in page.rows), page.rows
     assert await store.claim_batch(worker_id="next", lease_seconds=5) is not None  # the rest
+
+
+async def test_max_items_does_not_wait_for_a_job_still_being_submitted() -> None:
+    store = MemoryStore()
+    job = make_job(type="quick", options=JobOptions(batch_size=2, timeout=60))
+    await store.create_job(job)
+    await store.add_batch(job.id, encoded(2))  # not sealed: more may come
+
+    async def quick(item: object) -> str:
+        return "done"
+
+    worker = Worker(store, processors={"quick": quick}, poll_interval=0.05, max_items=2)
+    with anyio.fail_after(5):  # not the job's 60 s timeout
+        await worker.run()
+    assert worker.limit_reached == "max_items"
+    assert len((await store.read_outcomes(job.id)).rows) == 2

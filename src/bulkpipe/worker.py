@@ -325,6 +325,9 @@ class Worker:
         timeout = max((r.options.timeout for r in self.runners.values()), default=0.0)
         with anyio.move_on_after(timeout + self.poll_interval):
             while self._running_jobs and not self._stopping:
+                for runner in list(self.runners.values()):
+                    if not runner.leases():  # idle, waiting for more of its job: end it now
+                        runner.stop()
                 await self.wait_for_work()  # a job ending here wakes it
         self._halt()
 

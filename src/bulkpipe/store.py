@@ -222,3 +222,21 @@ class JobStore(Protocol):
         self, job_id: str, *, cursor: int | None = None, limit: int = 1000
     ) -> Page[EncodedItem]:
         """The stored items whose final outcome is failed."""
+
+
+@runtime_checkable
+class SupportsHeartbeatStore(Protocol):
+    """An optional store capability: a second store object for a worker's heartbeat thread.
+
+    A store whose methods may be called from another thread and event loop through a store
+    object of its own (its own connection) has ``heartbeat_store()``, which returns a new,
+    unopened store on the same database with the same settings and at most one connection
+    (or None when this store object cannot have one, e.g. an in-memory SQLite database).
+    A :class:`bulkpipe.Worker` then renews its leases from a thread of its own, so a
+    processor that blocks the event loop does not let them expire (``bulkpipe.heartbeat``).
+    The SQLite and PostgreSQL stores have it; ``MemoryStore`` lives in the worker's process
+    and loop, so its leases are renewed on the loop.
+    """
+
+    def heartbeat_store(self) -> JobStore | None:
+        """A new, unopened store on the same database, for use from another thread."""

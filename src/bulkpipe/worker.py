@@ -15,11 +15,13 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._snapshot import UNREADABLE_JOB
 from .gate import PriorityGate
+from .heartbeat import HeartbeatThread, RenewalState
 from .lifecycle import settle
 from .models import JobStatus, ProcessingError
 from .processors import ProcessorRegistry
 from .runner import JobRunner
-from .store import ClaimedBatch, JobStore
+from .store import ClaimedBatch, JobStore, Lease, SupportsHeartbeatStore
+from .watchdog import LoopWatchdog, resident_memory
 
 log = logging.getLogger("bulkpipe.worker")
 
@@ -35,6 +37,20 @@ class Worker:
     run up to N times as much of one job. Batches are claimed under a lease of
     ``lease_timeout`` seconds that a heartbeat renews; a batch whose lease expires (its worker
     died) is claimed again by another worker.
+
+    On a store with a heartbeat capability (SQLite, PostgreSQL:
+    :class:`~bulkpipe.store.SupportsHeartbeatStore`) the heartbeat runs on a thread of its own,
+    with its own connection, so a processor that blocks the event loop does not lose its
+    leases. ``blocked_loop_threshold`` (seconds, None: off) is how long the event loop may go
+    without running before a watchdog logs a WARNING naming the jobs and processors running
+    (``bulkpipe.watchdog``).
+
+    Recycling: with ``max_items`` (items claimed, counted per batch) or ``max_memory`` (bytes
+    of resident memory, checked once a heartbeat) the worker, once either is reached, claims
+    nothing more, lets its open batches finish (up to their jobs' ``timeout``), records and
+    releases, and :meth:`run` returns with :attr:`limit_reached` saying which limit it was, for
+    the caller to start afresh (``bulkpipe worker`` restarts its loop, re-executes itself for
+    memory, or exits for a supervisor).
     """
 
     def __init__(
@@ -48,6 +64,9 @@ class Worker:
         worker_id: str | None = None,
         registry: ProcessorRegistry | None = None,
         gate: PriorityGate | None = None,
+        blocked_loop_threshold: float | None = 1.0,
+        max_items: int | None = None,
+        max_memory: int | None = None,
     ) -> None:
         if lease_timeout <= 0:
             raise ValueError(f"lease_timeout must be positive, not {lease_timeout}")
@@ -58,6 +77,24 @@ class Worker:
         if registry is not None and processors:
             for name, processor in processors.items():
                 registry.register(name, processor)
+        if blocked_loop_threshold is not None and not blocked_loop_threshold > 0:
+            raise ValueError(
+                f"blocked_loop_threshold must be positive or None, not {blocked_loop_threshold}"
+            )
+        self.blocked_loop_threshold = blocked_loop_threshold
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"max_items must be 1 or more, or None, not {max_items}")
+        if max_memory is not None and max_memory < 1:
+            raise ValueError(f"max_memory must be a positive number of bytes, not {max_memory}")
+        self.max_items = max_items
+        self.max_memory = max_memory
+        #: Items of the batches claimed so far (counted per batch, for ``max_items``).
+        self.items_claimed = 0
+        #: ``"max_items"`` or ``"max_memory"`` once that limit was reached, else None.
+        self.limit_reached: str | None = None
+        #: Whether :meth:`stop` was called (a signal, the caller): then do not recycle.
+        self.stop_requested = False
+        self._draining = False
         self.lease_timeout = lease_timeout
         self.poll_interval = poll_interval
         self.worker_id = worker_id or _default_worker_id()
@@ -74,6 +111,10 @@ class Worker:
         self._served = anyio.Event()
         #: Called with a job id whenever a job run here ends (the pipeline wakes its waiters).
         self.on_job_end: Callable[[str], None] | None = None
+        #: The lease-renewing thread while serving on a store that allows one.
+        self.heartbeat_thread: HeartbeatThread | None = None
+        #: The blocked-loop watchdog while serving (None when ``blocked_loop_threshold`` is).
+        self.watchdog: LoopWatchdog | None = None
 
     def __repr__(self) -> str:
         return f"Worker(id={self.worker_id!r}, store={self.store!r})"
@@ -127,6 +168,10 @@ class Worker:
 
     def stop(self) -> None:
         """Stop gracefully: claim nothing more, record what finished, release the rest."""
+        self.stop_requested = True
+        self._halt()
+
+    def _halt(self) -> None:
         self._stopping = True
         self.wake()
 
@@ -150,6 +195,9 @@ class Worker:
             task_status.started()
             try:
                 while not self._stopping:
+                    if self._draining:  # a recycling limit was reached (_reach_limit)
+                        await self._drain()
+                        continue
                     claimed = await self.store.claim_batch(
                         worker_id=self.worker_id,
                         lease_seconds=self.lease_timeout,
@@ -171,6 +219,7 @@ class Worker:
                 self._served.set()
 
     def _start(self, claimed: ClaimedBatch, tg: TaskGroup) -> None:
+        self._claimed(claimed)
         self._running_jobs.add(claimed.job.id)
         tg.start_soon(self._run_job, claimed, name=f"bulkpipe job {claimed.job.id}")
 
@@ -233,13 +282,16 @@ class Worker:
 
     async def claim(self, job_id: str) -> ClaimedBatch | None:
         """Claim the next batch of one job this worker already runs."""
-        if self._stopping or job_id in self._stopped_jobs:
+        if self._stopping or self._draining or job_id in self._stopped_jobs:
             return None
-        return await self.store.claim_batch(
+        claimed = await self.store.claim_batch(
             worker_id=self.worker_id,
             lease_seconds=self.lease_timeout,
             job_id=job_id,
         )
+        if claimed is not None:
+            self._claimed(claimed)
+        return claimed
 
     async def wait_for_work(self, event: anyio.Event | None = None) -> None:
         """Sleep until woken (new work in this process) or the poll interval passes."""
@@ -255,11 +307,101 @@ class Worker:
             runner.stop()
             await runner.finished.wait()
 
+    def _claimed(self, claimed: ClaimedBatch) -> None:
+        """A batch was claimed: the heartbeat thread renews it from now on (a processor could
+        block the loop before the next heartbeat tick), and it counts towards ``max_items``."""
+        if self.heartbeat_thread is not None:
+            self.heartbeat_thread.hold(claimed.lease)
+        self.items_claimed += len(claimed.items)
+        if self.max_items is not None and self.items_claimed >= self.max_items:
+            self._reach_limit("max_items", f"{self.items_claimed} items claimed")
+
+    def _reach_limit(self, limit: str, what: str) -> None:
+        if self.limit_reached is not None:
+            return
+        if limit == "max_memory" and not self.items_claimed:
+            # Over the limit before any work: recycling would only start over, again and again.
+            log.warning(
+                "worker %s: max_memory is below this worker's memory before any work (%s); "
+                "not recycling for it: raise the limit",
+                self.worker_id,
+                what,
+            )
+            self.max_memory = None
+            return
+        self.limit_reached = limit
+        self._draining = True
+        log.info(
+            "worker %s: %s reached (%s); claiming nothing more, finishing open batches",
+            self.worker_id,
+            limit,
+            what,
+        )
+        self.wake()
+
+    async def _drain(self) -> None:
+        """Let the open batches finish (up to their jobs' timeout), then stop gracefully."""
+        timeout = max((r.options.timeout for r in self.runners.values()), default=0.0)
+        with anyio.move_on_after(timeout + self.poll_interval):
+            while self._running_jobs and not self._stopping:
+                for runner in list(self.runners.values()):
+                    if not runner.leases():  # idle, waiting for more of its job: end it now
+                        runner.stop()
+                await self.wait_for_work()  # a job ending here wakes it
+        self._halt()
+
+    def _describe_running(self) -> str:
+        """What runs here, per job ("" for nothing; read by the watchdog thread while the loop
+        is blocked)."""
+        runners = dict(self.runners)  # one C-level copy: safe against the loop changing it
+        return ", ".join(
+            f"job {job_id} (processor {runner.spec.type!r})" for job_id, runner in runners.items()
+        )
+
     async def _heartbeat(self) -> None:
+        """Renew leases, act on lost leases and ended jobs, watch the loop, settle orphans."""
         interval = min(self.lease_timeout / 3, 1.0)
+        try:
+            # Before the first checkpoint: the claim loop, started with this task, has its
+            # first lease held by the thread as soon as its claim returns.
+            second = (
+                self.store.heartbeat_store()
+                if isinstance(self.store, SupportsHeartbeatStore)
+                else None
+            )
+            if second is not None:
+                self.heartbeat_thread = HeartbeatThread(
+                    second,
+                    worker_id=self.worker_id,
+                    lease_seconds=self.lease_timeout,
+                    interval=interval,
+                )
+                self.heartbeat_thread.start()
+            async with anyio.create_task_group() as tg:
+                if self.blocked_loop_threshold is not None:
+                    self.watchdog = LoopWatchdog(
+                        self.blocked_loop_threshold,
+                        self._describe_running,
+                        f"worker {self.worker_id}",
+                    )
+                    tg.start_soon(self.watchdog.run)
+                await self._beat(interval)
+        finally:
+            thread, self.heartbeat_thread = self.heartbeat_thread, None
+            if thread is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(thread.stop)
+
+    async def _beat(self, interval: float) -> None:
+        thread = self.heartbeat_thread
+        state = RenewalState(f"worker {self.worker_id}")
         next_sweep = anyio.current_time() + self.lease_timeout
         while True:
             await anyio.sleep(interval)
+            if self.max_memory is not None:
+                rss = resident_memory()
+                if rss is not None and rss >= self.max_memory:
+                    self._reach_limit("max_memory", f"resident memory {rss / 2**20:.0f} MB")
             if anyio.current_time() >= next_sweep:
                 next_sweep = anyio.current_time() + self.lease_timeout
                 try:
@@ -267,18 +409,31 @@ class Worker:
                 except Exception:
                     log.exception("worker %s: looking for unsettled jobs failed", self.worker_id)
             leases = [lease for runner in self.runners.values() for lease in runner.leases()]
-            if not leases:
+            if thread is not None:
+                thread.reconcile(leases)
+                lost, ended = thread.take()
+            elif not leases:
                 continue
-            try:
-                result = await self.store.renew_leases(self.worker_id, leases, self.lease_timeout)
-            except Exception:
-                log.exception("worker %s: lease renewal failed; will try again", self.worker_id)
-                continue
-            for runner in list(self.runners.values()):
-                if runner.spec.id in result.ended_jobs:
-                    runner.stop(ended=True)
-                elif result.lost:
-                    runner.lose([lease for lease in result.lost if lease.job_id == runner.spec.id])
+            else:
+                try:
+                    result = await self.store.renew_leases(
+                        self.worker_id, leases, self.lease_timeout
+                    )
+                except Exception as exc:
+                    state.failed(exc, interval)
+                    continue
+                state.succeeded()
+                lost, ended = list(result.lost), set(result.ended_jobs)
+            if lost or ended:
+                self._renewed(lost, ended)
+
+    def _renewed(self, lost: list[Lease], ended: set[str]) -> None:
+        """Act on what a renewal learned: stop runners of ended jobs, drop lost batches."""
+        for runner in list(self.runners.values()):
+            if runner.spec.id in ended:
+                runner.stop(ended=True)
+            elif lost:
+                runner.lose([lease for lease in lost if lease.job_id == runner.spec.id])
 
     async def _settle_orphans(self) -> None:
         """Complete jobs whose every batch is done but whose final status was never written

@@ -2,15 +2,17 @@
 
 It serves the store with one processor, ``sleepy``, which appends each item id it finishes to
 ``LOG_DIR/<pid>.log`` (so a test can count how often items ran) after sleeping ``item["ms"]``
-milliseconds. An item with ``"exit": N`` is a poison item: after sleeping and logging, the
-process exits at once with code N (``os._exit``, as a crash would). It stops gracefully on
-SIGTERM/SIGINT. Environment knobs: ``LEASE_TIMEOUT``.
+milliseconds (an item with ``block_ms`` first blocks the event loop that long, with
+``time.sleep``, as a badly written processor would). An item with ``"exit": N`` is a poison
+item: after sleeping and logging, the process exits at once with code N (``os._exit``, as a
+crash would). It stops gracefully on SIGTERM/SIGINT. Environment knobs: ``LEASE_TIMEOUT``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ class Sleepy:
         self._log = (log_dir / f"{os.getpid()}.log").open("a", buffering=1)
 
     async def process(self, item: dict[str, Any]) -> dict[str, Any]:
+        if "block_ms" in item:
+            time.sleep(item["block_ms"] / 1000)  # noqa: ASYNC251 - blocks the loop, on purpose
         await anyio.sleep(item.get("ms", 1) / 1000)
         self._log.write(f"{item['id']}\n")
         if item.get("exit") is not None:

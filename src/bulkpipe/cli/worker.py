@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 
 import anyio
@@ -16,6 +17,10 @@ from .params import POSITIVE, store_option, store_url
 from .runtime import open_cli_store
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+
+#: The exit status of ``bulkpipe worker --exit-on-limit`` when --max-items or --max-memory was
+#: reached (EX_TEMPFAIL): the worker stopped cleanly and wants to be started again.
+EXIT_LIMIT = 75
 
 
 @click.command()
@@ -40,6 +45,27 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
     show_default=True,
     help="Seconds between looks for new work when idle.",
 )
+@click.option(
+    "--max-items",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Recycle after claiming this many items (counted per batch): claim nothing more, "
+    "finish the open batches, then start serving afresh [default: never].",
+)
+@click.option(
+    "--max-memory",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="MB",
+    help="Recycle once the process's resident memory reaches MB megabytes (checked every "
+    "heartbeat): finish the open batches, then re-execute the process [default: never].",
+)
+@click.option(
+    "--exit-on-limit",
+    is_flag=True,
+    help=f"When --max-items or --max-memory is reached, exit with status {EXIT_LIMIT} "
+    "(after finishing the open batches) instead of restarting, for a supervisor to restart.",
+)
 @click.option("--log-level", type=click.Choice(_LOG_LEVELS), default="info", show_default=True)
 @store_option
 @click.pass_context
@@ -48,6 +74,9 @@ def worker(
     lease_timeout: float,
     max_in_flight: int | None,
     poll_interval: float,
+    max_items: int | None,
+    max_memory: int | None,
+    exit_on_limit: bool,
     log_level: str,
     store: str | None,
 ) -> None:
@@ -58,6 +87,11 @@ def worker(
     and exits 0; a second signal stops it at once (its leases then expire and other workers
     take its batches over). Any number of workers, on this machine or others, may serve one
     store; each runs up to a job's --concurrency batches of it.
+
+    With --max-items or --max-memory the worker recycles itself when the limit is reached: it
+    claims nothing more, finishes its open batches and records them, then serves afresh (a new
+    worker and processors; for --max-memory the process re-executes itself, same command and
+    pid). With --exit-on-limit it exits with status 75 instead, for a supervisor to restart.
     """
     url = store_url(ctx, store)
     logging.basicConfig(
@@ -66,18 +100,40 @@ def worker(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     names = ProcessorRegistry().installed()
-    served = Worker(
-        open_cli_store(url),
-        lease_timeout=lease_timeout,
-        max_in_flight=max_in_flight,
-        poll_interval=poll_interval,
-    )
     if not names:
         click.echo("bulkpipe: warning: no processors are installed; nothing can run", err=True)
-    click.echo(
-        f"bulkpipe worker {served.worker_id}: serving {redact(url)} with processors "
-        f"{', '.join(names) or '(none)'}; stop with Ctrl-C or SIGTERM",
-        err=True,
-    )
-    anyio.run(functools.partial(served.run, handle_signals=True))
+    while True:
+        served = Worker(
+            open_cli_store(url),
+            lease_timeout=lease_timeout,
+            max_in_flight=max_in_flight,
+            poll_interval=poll_interval,
+            max_items=max_items,
+            max_memory=max_memory * 2**20 if max_memory is not None else None,
+        )
+        click.echo(
+            f"bulkpipe worker {served.worker_id}: serving {redact(url)} with processors "
+            f"{', '.join(names) or '(none)'}; stop with Ctrl-C or SIGTERM",
+            err=True,
+        )
+        anyio.run(functools.partial(served.run, handle_signals=True))
+        limit = served.limit_reached
+        if limit is None or served.stop_requested:
+            break
+        flag = "--max-items" if limit == "max_items" else "--max-memory"
+        if exit_on_limit:
+            click.echo(
+                f"bulkpipe worker {served.worker_id}: {flag} reached; exiting with status "
+                f"{EXIT_LIMIT} (--exit-on-limit)",
+                err=True,
+            )
+            ctx.exit(EXIT_LIMIT)
+        if limit == "max_memory":
+            click.echo(
+                f"bulkpipe worker {served.worker_id}: {flag} reached; re-executing", err=True
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, sys.orig_argv)
+        click.echo(f"bulkpipe worker {served.worker_id}: {flag} reached; serving afresh", err=True)
     click.echo(f"bulkpipe worker {served.worker_id}: stopped", err=True)

@@ -224,6 +224,18 @@ class PostgresStore:
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r}, prefix={self.prefix!r})"
 
+    def heartbeat_store(self) -> PostgresStore | None:
+        """A new, unopened store on the same database with one connection, for a worker's
+        heartbeat thread (:class:`bulkpipe.store.SupportsHeartbeatStore`)."""
+        return PostgresStore(
+            self.dsn,
+            prefix=self.prefix,
+            min_size=1,
+            max_size=1,
+            connect_timeout=self.connect_timeout,
+            flush_every_write=self.flush_every_write,
+        )
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def _error(self, what: str, exc: psycopg.Error, *, retried: bool = True) -> StoreError:

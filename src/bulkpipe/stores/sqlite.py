@@ -161,6 +161,14 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, prefix={self.prefix!r})"
 
+    def heartbeat_store(self) -> SQLiteStore | None:
+        """A new, unopened store on the same file, for a worker's heartbeat thread
+        (:class:`bulkpipe.store.SupportsHeartbeatStore`); None for an in-memory database,
+        which a second connection would not share."""
+        if self.path in ("", ":memory:") or "mode=memory" in self.path:
+            return None
+        return SQLiteStore(self.path, prefix=self.prefix, busy_timeout=self.busy_timeout)
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def _error(self, what: str, exc: sqlite3.Error) -> StoreError:

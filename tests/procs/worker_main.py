@@ -2,11 +2,14 @@
 
 It serves the store with one processor, ``sleepy``, which appends each item id it finishes to
 ``LOG_DIR/<pid>.log`` (so a test can count how often items ran) after sleeping ``item["ms"]``
-milliseconds. It stops gracefully on SIGTERM/SIGINT. Environment knobs: ``LEASE_TIMEOUT``.
+milliseconds. It stops gracefully on SIGTERM/SIGINT. Environment knobs: ``LEASE_TIMEOUT``,
+``LOG_LEVEL`` (log at this level; default: Python's, warnings and errors to stderr),
+``LOG_FILE`` (with ``LOG_LEVEL``: log to this file instead of stderr).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from functools import partial
@@ -45,4 +48,10 @@ async def main(url: str, log_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("LOG_LEVEL"):
+        logging.basicConfig(
+            level=os.environ["LOG_LEVEL"].upper(),
+            filename=os.environ.get("LOG_FILE"),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     anyio.run(main, sys.argv[1], Path(sys.argv[2]))

@@ -40,6 +40,14 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
     show_default=True,
     help="Seconds between looks for new work when idle.",
 )
+@click.option(
+    "--give-up-after",
+    type=POSITIVE,
+    default=None,
+    metavar="SECONDS",
+    help="Exit (status 2, one line on stderr) once the store has not answered for this long "
+    "[default: never; the worker waits for the store and goes on when it is back].",
+)
 @click.option("--log-level", type=click.Choice(_LOG_LEVELS), default="info", show_default=True)
 @store_option
 @click.pass_context
@@ -48,6 +56,7 @@ def worker(
     lease_timeout: float,
     max_in_flight: int | None,
     poll_interval: float,
+    give_up_after: float | None,
     log_level: str,
     store: str | None,
 ) -> None:
@@ -71,6 +80,7 @@ def worker(
         lease_timeout=lease_timeout,
         max_in_flight=max_in_flight,
         poll_interval=poll_interval,
+        give_up_after=give_up_after,
     )
     if not names:
         click.echo("bulkpipe: warning: no processors are installed; nothing can run", err=True)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 WORKER = Path(__file__).parent / "procs" / "worker_main.py"
@@ -15,8 +16,20 @@ WORKER = Path(__file__).parent / "procs" / "worker_main.py"
 class WorkerProcess:
     """One ``worker_main.py`` process; ``ready()`` waits until it has started."""
 
-    def __init__(self, url: str, log_dir: Path, *, lease_timeout: float = 2.0) -> None:
-        env = {**os.environ, "LEASE_TIMEOUT": str(lease_timeout), "PYTHONUNBUFFERED": "1"}
+    def __init__(
+        self,
+        url: str,
+        log_dir: Path,
+        *,
+        lease_timeout: float = 2.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        env = {
+            **os.environ,
+            "LEASE_TIMEOUT": str(lease_timeout),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER), url, str(log_dir)],
             stdout=subprocess.PIPE,

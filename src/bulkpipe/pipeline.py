@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import random
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -11,6 +14,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
 from ._snapshot import OPTIONS_UNREADABLE, UNREADABLE_JOB
@@ -30,9 +34,13 @@ from .items import chunked, duplicate_errors, encode_items
 from .lifecycle import settle
 from .models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
 from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
+from .outage import FIRST_DELAY, MAX_DELAY
 from .processors import ProcessorRegistry
+from .retry import backoff_delay
 from .store import EncodedItem, JobStore
 from .worker import Worker
+
+log = logging.getLogger("bulkpipe.pipeline")
 
 #: A registered item source: an async generator of items, taking the job's ``params``.
 Source = Callable[[Mapping[str, Any]], AsyncIterable[Mapping[str, Any]]]
@@ -121,7 +129,7 @@ class Pipeline:
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._stop_workers)
             for worker in self.workers:
-                await tg.start(worker.serve)
+                await tg.start(self._supervise, worker)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -137,6 +145,31 @@ class Pipeline:
         stack, self._stack = self._stack, None
         assert stack is not None
         return await stack.__aexit__(exc_type, exc, tb)
+
+    async def _supervise(
+        self, worker: Worker, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve with ``worker`` until the pipeline stops; should it fail once serving (a
+        bug: a store that does not answer is waited out inside the worker), log it and serve
+        again after a pause that grows while it keeps failing, so that the jobs and the HTTP
+        API of this process go on."""
+        status = _Started(task_status)
+        failures = 0
+        rng = random.Random()
+        while True:
+            began = time.monotonic()
+            try:
+                await worker.serve(task_status=status)
+                return
+            except Exception:
+                if not status.done or worker.gave_up:
+                    raise
+                failures = 1 if time.monotonic() - began > 60 else failures + 1
+                delay = backoff_delay(failures, FIRST_DELAY, MAX_DELAY, rng)
+                log.exception(
+                    "in-process worker %s failed; serving again in %.1f s", worker.worker_id, delay
+                )
+            await anyio.sleep(delay)
 
     def _stop_workers(self) -> None:
         for worker in self.workers:
@@ -543,6 +576,20 @@ def _unreadable(job: Job) -> bool:
         and e.error.startswith(OPTIONS_UNREADABLE)
         for e in job.errors
     )
+
+
+class _Started:
+    """A task status that passes on only the first ``started()`` (a worker served again
+    after a failure starts again)."""
+
+    def __init__(self, inner: TaskStatus[None]) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.inner.started(value)
 
 
 def _parse_status(kind: type[E], status: E | str, what: str) -> E:

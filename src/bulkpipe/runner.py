@@ -23,11 +23,12 @@ from anyio.abc import TaskGroup
 from .errors import PermanentError
 from .items import decode_payloads
 from .lifecycle import failure_ratio_exceeded, settle
-from .models import JobStatus
+from .models import JobStatus, ProcessingError
+from .outage import store_failure
 from .processors import Adapted, ThreadAborted
 from .results import decode_payload, describe, encode_result, storable_text, type_name
 from .retry import backoff_delay
-from .store import BatchReport, ClaimedBatch, JobSpec, Lease, OutcomeRow
+from .store import BatchReport, ClaimedBatch, JobSpec, Lease, OutcomeRow, Progress
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -235,6 +236,7 @@ class JobRunner:
         self._dirty = anyio.Event()
         self._work_scope = anyio.CancelScope()
         self._rng = random.Random()
+        self._failing: ProcessingError | None = None  # a failed status not yet written
 
     # -- control ----------------------------------------------------------------------------
 
@@ -289,15 +291,25 @@ class JobRunner:
             self.finished.set()
 
     async def _wind_down(self) -> None:
+        # One try each, shielded: what fails here is done later anyway (an unreleased lease
+        # expires; a job left unsettled is completed by a worker's sweep for such jobs).
         with anyio.CancelScope(shield=True):
+            if self.worker.outage.down or self.worker.gave_up:
+                return
             unfinished = [b.lease for b in self.open if not b.closed]
-            if unfinished and not self.ended:
-                await self.store.release(unfinished)
-            if not self.ended and not unfinished:
-                # Read afresh: a read that overlapped our last write may have returned counts
-                # from before it, and settling on those would leave the job unfinished.
-                progress = await self.store.record(self.spec.id, [])
-                await settle(self.store, self.spec.id, progress)
+            try:
+                if unfinished and not self.ended:
+                    await self.store.release(unfinished)
+                if not self.ended and not unfinished:
+                    # Read afresh: a read that overlapped our last write may have returned
+                    # counts from before it, and settling on those would leave the job
+                    # unfinished.
+                    progress = await self.store.record(self.spec.id, [])
+                    await settle(self.store, self.spec.id, progress)
+            except Exception as exc:
+                if not store_failure(exc):
+                    raise
+                self.worker.outage.failed(f"winding down job {self.spec.id}", exc)
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -372,17 +384,27 @@ class JobRunner:
                 self._need_more = anyio.Event()
                 await self._need_more.wait()
                 continue
-            claimed = await self.worker.claim(self.spec.id)
+            claimed = await self.worker.until_answered(
+                f"claiming a batch of job {self.spec.id}", self._claim
+            )
             if claimed is not None:
                 self._add(claimed, work)
                 continue
             # Nothing to claim now: either every item is in (we are done) or more may come.
-            progress = await self.store.record(self.spec.id, [])
+            progress = await self.worker.until_answered(
+                f"reading the progress of job {self.spec.id}", self._read_progress
+            )
             if progress.sealed or progress.status.is_terminal:
                 break
             await self.worker.wait_for_work(self._more)
         self.exhausted = True
         self._wake_all()
+
+    async def _claim(self) -> ClaimedBatch | None:
+        return await self.worker.claim(self.spec.id)
+
+    async def _read_progress(self) -> Progress:
+        return await self.store.record(self.spec.id, [])
 
     # -- lanes ------------------------------------------------------------------------------
 
@@ -645,16 +667,31 @@ class JobRunner:
 
     async def _record_loop(self) -> None:
         tick = self.options.progress_interval / 2
-        while True:
-            with anyio.move_on_after(tick):
-                await self._dirty.wait()
-            self._dirty = anyio.Event()
-            closing = self.closing
-            await self._flush()
-            if closing:
-                return
+        failures = 0  # consecutive failed flushes: the store does not answer
+        try:
+            while True:
+                if failures:
+                    # Unrecorded outcomes stay in memory meanwhile; more may gather.
+                    await anyio.sleep(self.worker.outage.delay(failures))
+                else:
+                    with anyio.move_on_after(tick):
+                        await self._dirty.wait()
+                self._dirty = anyio.Event()
+                closing = self.closing
+                if not await self._flush():
+                    failures += 1
+                    continue
+                failures = 0
+                if closing:
+                    return
+        finally:
+            self.worker.outage.forget(self)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Record what finished since the last flush; False if the store did not answer (the
+        outcomes are kept and sent again by the next flush)."""
+        if self._failing is not None and not await self._fail_job(self._failing):
+            return False
         reports: list[tuple[OpenBatch, int, bool]] = []
         for batch in self.open:
             if batch.closed:
@@ -665,7 +702,7 @@ class JobRunner:
                 reports.append((batch, n, done))
         if not reports or self.ended:
             self._forget_finished()
-            return
+            return True
         batches = [
             BatchReport(lease=b.lease, outcomes=b.rows[b.flushed : n], done=done)
             for b, n, done in reports
@@ -677,12 +714,15 @@ class JobRunner:
                 batch.closed = True
         try:
             progress = await self.store.record(self.spec.id, batches)
-        except Exception:
+        except Exception as exc:
+            if not store_failure(exc):
+                raise
             for batch, _, done in reports:
                 if done:
                     batch.closed = False
-            log.exception("job %s: recording outcomes failed; will try again", self.spec.id)
-            return
+            self.worker.outage.failed(f"recording outcomes of job {self.spec.id}", exc, self)
+            return False
+        self.worker.outage.answered(self)
         for batch, n, _ in reports:
             batch.flushed = n
         lost = set(progress.lost)
@@ -692,11 +732,27 @@ class JobRunner:
         self._forget_finished()
         if progress.status.is_terminal:
             self.stop(ended=True)
-            return
+            return True
         error = failure_ratio_exceeded(progress, self.options.max_failure_ratio)
         if error is not None:
+            return await self._fail_job(error)
+        return True
+
+    async def _fail_job(self, error: ProcessingError) -> bool:
+        """Fail the job (too many items failed); False, to try again, if the store did not
+        answer."""
+        self._failing = error
+        try:
             await self.store.finish_job(self.spec.id, JobStatus.FAILED, error)
-            self.stop(ended=True)
+        except Exception as exc:
+            if not store_failure(exc):
+                raise
+            self.worker.outage.failed(f"failing job {self.spec.id}", exc, self)
+            return False
+        self.worker.outage.answered(self)
+        self._failing = None
+        self.stop(ended=True)
+        return True
 
     def _forget_finished(self) -> None:
         while self.open and self.open[0].closed and not self.open[0].lanes:

@@ -6,24 +6,30 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._snapshot import UNREADABLE_JOB
+from .errors import InvalidArgument, StoreError
 from .gate import PriorityGate
 from .heartbeat import HeartbeatThread, RenewalState
 from .lifecycle import settle
 from .models import JobStatus, ProcessingError
+from .outage import StoreOutage, store_failure
 from .processors import ProcessorRegistry
 from .runner import JobRunner
 from .store import ClaimedBatch, JobStore, Lease, SupportsHeartbeatStore
 from .watchdog import LoopWatchdog, resident_memory
 
 log = logging.getLogger("bulkpipe.worker")
+
+T = TypeVar("T")
 
 
 def _default_worker_id() -> str:
@@ -51,6 +57,12 @@ class Worker:
     releases, and :meth:`run` returns with :attr:`limit_reached` saying which limit it was, for
     the caller to start afresh (``bulkpipe worker`` restarts its loop, re-executes itself for
     memory, or exits for a supervisor).
+
+    When the store stops answering, the worker keeps what it has not recorded in memory and
+    retries with capped exponential backoff and jitter, logging once that the store is
+    unreachable and once that it is back, and goes on by itself when it is. With
+    ``give_up_after`` (seconds; default: never) :meth:`serve` and :meth:`run` end with a
+    :class:`~bulkpipe.StoreError` once the store has not answered for that long.
     """
 
     def __init__(
@@ -67,7 +79,12 @@ class Worker:
         blocked_loop_threshold: float | None = 1.0,
         max_items: int | None = None,
         max_memory: int | None = None,
+        give_up_after: float | None = None,
     ) -> None:
+        if give_up_after is not None and not give_up_after > 0:
+            raise InvalidArgument(
+                f"give_up_after must be a positive number of seconds (or None), not {give_up_after}"
+            )
         if lease_timeout <= 0:
             raise ValueError(f"lease_timeout must be positive, not {lease_timeout}")
         if poll_interval <= 0:
@@ -103,6 +120,13 @@ class Worker:
             if gate is not None
             else (PriorityGate(max_in_flight) if max_in_flight is not None else None)
         )
+        self.give_up_after = give_up_after
+        #: Whether the store answers; shared with this worker's job runners.
+        self.outage = StoreOutage(f"worker {self.worker_id}", store, give_up_after)
+        self._gave_up: StoreError | None = None
+        self._stop_event = anyio.Event()
+        # Jobs whose runner failed, not claimed again here until the time.monotonic() given.
+        self._cooling: dict[str, float] = {}
         self.runners: dict[str, JobRunner] = {}
         self._running_jobs: set[str] = set()  # jobs with a runner, or about to have one
         self._stopped_jobs: set[str] = set()
@@ -173,6 +197,7 @@ class Worker:
 
     def _halt(self) -> None:
         self._stopping = True
+        self._stop_event.set()
         self.wake()
 
     def wake(self, job_id: str | None = None) -> None:
@@ -188,22 +213,40 @@ class Worker:
     # -- serving ----------------------------------------------------------------------------
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Claim and run batches on an open store until stopped."""
+        """Claim and run batches on an open store until stopped (or, with ``give_up_after``,
+        until the store has not answered for that long: then raise :class:`StoreError`)."""
         installed = set(self.registry.installed())
+        self._gave_up = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeat)
+            if self.give_up_after is not None:
+                tg.start_soon(self._watch_outage, tg.cancel_scope)
             task_status.started()
             try:
+                failures = 0
                 while not self._stopping:
                     if self._draining:  # a recycling limit was reached (_reach_limit)
                         await self._drain()
                         continue
-                    claimed = await self.store.claim_batch(
-                        worker_id=self.worker_id,
-                        lease_seconds=self.lease_timeout,
-                        exclude=self._running_jobs | self._stopped_jobs,
-                        types=self.registry.names_with(installed),
-                    )
+                    exclude = self._running_jobs | self._stopped_jobs | self._cooled()
+                    types = self.registry.names_with(installed)
+                    try:
+                        claimed = await self.store.claim_batch(
+                            worker_id=self.worker_id,
+                            lease_seconds=self.lease_timeout,
+                            exclude=exclude,
+                            types=types,
+                        )
+                    except Exception as exc:
+                        if not store_failure(exc):
+                            raise
+                        failures += 1
+                        self.outage.failed("claiming a batch", exc)
+                        with anyio.move_on_after(self.outage.delay(failures)):
+                            await self._stop_event.wait()
+                        continue
+                    failures = 0
+                    self.outage.answered()
                     if claimed is None:
                         await self.wait_for_work()
                         continue
@@ -211,12 +254,62 @@ class Worker:
             finally:
                 for runner in list(self.runners.values()):
                     runner.stop()
-                with anyio.CancelScope(shield=True):
-                    for runner in list(self.runners.values()):
-                        with anyio.move_on_after(self.lease_timeout):
-                            await runner.finished.wait()
+                if self._gave_up is None:
+                    with anyio.CancelScope(shield=True):
+                        for runner in list(self.runners.values()):
+                            with anyio.move_on_after(self.lease_timeout):
+                                await runner.finished.wait()
                 tg.cancel_scope.cancel()
                 self._served.set()
+        if self._gave_up is not None:
+            raise self._gave_up
+
+    async def _watch_outage(self, scope: anyio.CancelScope) -> None:
+        """Stop serving once the store has not answered for ``give_up_after`` seconds."""
+        limit = self.give_up_after
+        assert limit is not None
+        while True:
+            await anyio.sleep(min(1.0, limit / 4))
+            if self.outage.down_for() >= limit:
+                break
+        self._gave_up = self.outage.gave_up()
+        self._stopping = True
+        self._stop_event.set()
+        scope.cancel()
+
+    @property
+    def gave_up(self) -> bool:
+        """Whether the worker stopped because the store did not answer for ``give_up_after``."""
+        return self._gave_up is not None
+
+    async def until_answered(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` (a store call; ``what`` names it for the log) until the store
+        answers: each failure is noted in :attr:`outage` and followed by a backoff pause."""
+        failures = 0
+        key = object()
+        try:
+            while True:
+                try:
+                    result = await call()
+                except Exception as exc:
+                    if not store_failure(exc):
+                        raise
+                    failures += 1
+                    self.outage.failed(what, exc, key)
+                    await anyio.sleep(self.outage.delay(failures))
+                    continue
+                self.outage.answered(key)
+                return result
+        finally:
+            self.outage.forget(key)
+
+    def _cooled(self) -> set[str]:
+        if not self._cooling:
+            return set()
+        now = time.monotonic()
+        for job_id in [j for j, until in self._cooling.items() if until <= now]:
+            del self._cooling[job_id]
+        return set(self._cooling)
 
     def _start(self, claimed: ClaimedBatch, tg: TaskGroup) -> None:
         self._claimed(claimed)
@@ -227,6 +320,16 @@ class Worker:
         spec = claimed.job
         try:
             await self._run_claimed(claimed)
+        except Exception:
+            # A bug, or a job this worker cannot run: keep serving the other jobs. Its batches
+            # go back when their leases expire; this worker leaves the job alone for a while.
+            log.exception(
+                "worker %s: running job %s failed; not claiming it here for %g s",
+                self.worker_id,
+                spec.id,
+                self.lease_timeout,
+            )
+            self._cooling[spec.id] = time.monotonic() + self.lease_timeout
         finally:
             self._running_jobs.discard(spec.id)
             self.wake()
@@ -255,21 +358,24 @@ class Worker:
             processor = await self.registry.ready(spec.type)
         except Exception as exc:
             log.exception("job %s: processor %r could not be loaded", spec.id, spec.type)
-            await self.store.release([claimed.lease])
-            await self.store.finish_job(
-                spec.id,
-                JobStatus.FAILED,
-                ProcessingError(
-                    item_id=None,
-                    error=f"processor {spec.type!r} could not be set up: "
-                    f"{type(exc).__name__}: {exc}",
-                    error_type="ProcessorSetupError",
-                    timestamp=datetime.now(UTC),
-                ),
+            error = ProcessingError(
+                item_id=None,
+                error=f"processor {spec.type!r} could not be set up: {type(exc).__name__}: {exc}",
+                error_type="ProcessorSetupError",
+                timestamp=datetime.now(UTC),
+            )
+            await self.until_answered(
+                f"releasing a batch of job {spec.id}", lambda: self.store.release([claimed.lease])
+            )
+            await self.until_answered(
+                f"failing job {spec.id}",
+                lambda: self.store.finish_job(spec.id, JobStatus.FAILED, error),
             )
             return
         if spec.id in self._stopped_jobs:  # cancelled while the claim was on its way back
-            await self.store.release([claimed.lease])
+            await self.until_answered(
+                f"releasing a batch of job {spec.id}", lambda: self.store.release([claimed.lease])
+            )
             return
         runner = JobRunner(self, spec, processor)
         self.runners[spec.id] = runner
@@ -437,7 +543,18 @@ class Worker:
 
     async def _settle_orphans(self) -> None:
         """Complete jobs whose every batch is done but whose final status was never written
-        (the worker that recorded the last batch died before it could write it)."""
+        (the worker that recorded the last batch died before it could write it). While the
+        store does not answer this notes the outage and returns (the next sweep tries again)."""
+        try:
+            await self._settle_orphan_pages()
+        except Exception as exc:
+            if not store_failure(exc):
+                raise
+            self.outage.failed("looking for unsettled jobs", exc)
+            return
+        self.outage.answered()
+
+    async def _settle_orphan_pages(self) -> None:
         offset, page = 0, 100
         while True:
             jobs = await self.store.list_jobs(

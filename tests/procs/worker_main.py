@@ -5,11 +5,14 @@ It serves the store with one processor, ``sleepy``, which appends each item id i
 milliseconds (an item with ``block_ms`` first blocks the event loop that long, with
 ``time.sleep``, as a badly written processor would). An item with ``"exit": N`` is a poison
 item: after sleeping and logging, the process exits at once with code N (``os._exit``, as a
-crash would). It stops gracefully on SIGTERM/SIGINT. Environment knobs: ``LEASE_TIMEOUT``.
+crash would). It stops gracefully on SIGTERM/SIGINT. Environment knobs: ``LEASE_TIMEOUT``,
+``LOG_LEVEL`` (log at this level; default: Python's, warnings and errors to stderr),
+``LOG_FILE`` (with ``LOG_LEVEL``: log to this file instead of stderr).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -53,4 +56,10 @@ async def main(url: str, log_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("LOG_LEVEL"):
+        logging.basicConfig(
+            level=os.environ["LOG_LEVEL"].upper(),
+            filename=os.environ.get("LOG_FILE"),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     anyio.run(main, sys.argv[1], Path(sys.argv[2]))

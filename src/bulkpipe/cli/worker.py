@@ -66,6 +66,14 @@ EXIT_LIMIT = 75
     help=f"When --max-items or --max-memory is reached, exit with status {EXIT_LIMIT} "
     "(after finishing the open batches) instead of restarting, for a supervisor to restart.",
 )
+@click.option(
+    "--give-up-after",
+    type=POSITIVE,
+    default=None,
+    metavar="SECONDS",
+    help="Exit (status 2, one line on stderr) once the store has not answered for this long "
+    "[default: never; the worker waits for the store and goes on when it is back].",
+)
 @click.option("--log-level", type=click.Choice(_LOG_LEVELS), default="info", show_default=True)
 @store_option
 @click.pass_context
@@ -77,6 +85,7 @@ def worker(
     max_items: int | None,
     max_memory: int | None,
     exit_on_limit: bool,
+    give_up_after: float | None,
     log_level: str,
     store: str | None,
 ) -> None:
@@ -110,6 +119,7 @@ def worker(
             poll_interval=poll_interval,
             max_items=max_items,
             max_memory=max_memory * 2**20 if max_memory is not None else None,
+            give_up_after=give_up_after,
         )
         click.echo(
             f"bulkpipe worker {served.worker_id}: serving {redact(url)} with processors "

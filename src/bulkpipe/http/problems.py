@@ -44,6 +44,9 @@ STATUS_OF: tuple[tuple[type[BulkpipeError], int], ...] = (
 )
 
 _STORE_DOWN = "the job store is unavailable; try again later (the server log has the cause)"
+
+#: Seconds a client is told to wait (``Retry-After``) when the job store is unavailable.
+RETRY_AFTER_SECONDS = 5
 _FAILED = "the server failed to handle this request; the server log has the cause"
 _NOT_RUNNING = (
     "the bulkpipe pipeline is not running; the host must run the app's lifespan or enter the "
@@ -118,12 +121,13 @@ def _allowed(request: Request) -> list[str]:
     return sorted(methods)
 
 
-async def _bulkpipe(_: Request, exc: Exception) -> JSONResponse:
+async def _bulkpipe(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BulkpipeError)
     status = next((code for cls, code in STATUS_OF if isinstance(exc, cls)), 500)
     if isinstance(exc, StoreError):
-        log.error("job store error: %s", exc, exc_info=exc)
-        return problem(status, _STORE_DOWN)
+        # One line, no traceback: while the store is down every request fails this way.
+        log.warning("job store error on %s %s: %s", request.method, request.url.path, exc)
+        return problem(status, _STORE_DOWN, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, PipelineClosed):
         return problem(status, _NOT_RUNNING)
     if status == 500:

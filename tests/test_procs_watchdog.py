@@ -130,8 +130,7 @@ class Flaky(MemoryStore):
         return RenewResult(lost=(), ended_jobs=frozenset())
 
 
-async def test_the_heartbeat_thread_logs_an_outage_once(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="bulkpipe.worker")
+async def test_the_heartbeat_thread_reports_an_outage_to_the_loop() -> None:
     store = Flaky()
     beat = HeartbeatThread(store, worker_id="w", lease_seconds=1.0, interval=0.02)
     beat.hold(Lease(job_id="j", batch_no=0, token=1))
@@ -139,19 +138,24 @@ async def test_the_heartbeat_thread_logs_an_outage_once(caplog: pytest.LogCaptur
     try:
         while beat.renewals < 2:  # noqa: ASYNC110 - a count kept by another thread
             await anyio.sleep(0.01)
+        assert beat.take().answered
         store.down = True
         await anyio.sleep(0.3)  # some 15 failed tries
+        down = beat.take()
         store.down = False
         renewed = beat.renewals
         while beat.renewals < renewed + 2:  # noqa: ASYNC110
             await anyio.sleep(0.01)
+        back = beat.take()
     finally:
         await anyio.to_thread.run_sync(beat.stop)
-    found = warnings(caplog, "bulkpipe.worker")
-    assert len(found) == 2, found
-    assert "store is unreachable" in found[0]
-    assert "reachable again" in found[1]
-    assert all(r.exc_info is None for r in caplog.records)  # no traceback per try
+    assert isinstance(down.error, StoreError)
+    assert not down.answered
+    assert back.error is None
+    assert back.answered
+    nothing = beat.take()  # nothing new since
+    assert (nothing.lost, nothing.ended) == ([], set())
+    assert (nothing.error, nothing.answered) == (None, False)
 
 
 async def test_the_heartbeat_thread_hands_lost_leases_back(tmp_path: Path) -> None:
@@ -175,7 +179,7 @@ async def test_the_heartbeat_thread_hands_lost_leases_back(tmp_path: Path) -> No
             lost: list[Lease] = []
             with anyio.fail_after(5):
                 while not lost:
-                    lost, _ = beat.take()
+                    lost = beat.take().lost
                     await anyio.sleep(0.02)
             assert lost == [claimed.lease]
         finally:

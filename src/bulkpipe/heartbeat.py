@@ -20,36 +20,23 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Collection
+from typing import NamedTuple
 
 from .store import JobStore, Lease
 
 log = logging.getLogger("bulkpipe.worker")
 
 
-class RenewalState:
-    """Logs a heartbeat's store state changes once each (unreachable, reachable again)."""
+class Renewals(NamedTuple):
+    """What the heartbeat thread learned since the loop last asked (``HeartbeatThread.take``)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.reachable = True
-
-    def failed(self, exc: BaseException, every: float) -> None:
-        if self.reachable:
-            self.reachable = False
-            log.warning(
-                "%s: cannot renew leases, the store is unreachable (%s: %s); trying again "
-                "every %.1f s (leases expire if it stays down longer than the lease timeout)",
-                self.name,
-                type(exc).__name__,
-                exc,
-                every,
-            )
-
-    def succeeded(self) -> None:
-        if not self.reachable:
-            self.reachable = True
-            log.warning("%s: the store is reachable again; leases renewed", self.name)
+    lost: list[Lease]
+    ended: set[str]
+    error: BaseException | None  # the last failure, if the last store call failed
+    started: float  # when the failed call started (time.monotonic())
+    answered: bool  # whether the last store call succeeded
 
 
 class HeartbeatThread:
@@ -73,7 +60,10 @@ class HeartbeatThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stopping = threading.Event()
-        self._state = RenewalState(f"worker {worker_id} (heartbeat thread)")
+        # The last store call's result, for the worker's outage record (it logs, not us).
+        self._error: BaseException | None = None
+        self._started = 0.0
+        self._answered = False
         self._thread = threading.Thread(
             target=self._main, name=f"bulkpipe heartbeat {worker_id}", daemon=True
         )
@@ -101,12 +91,17 @@ class HeartbeatThread:
                 if lease not in current:
                     del self._held[lease]
 
-    def take(self) -> tuple[list[Lease], set[str]]:
-        """Lost leases and ended jobs learned since the last call."""
+    def take(self) -> Renewals:
+        """Lost leases, ended jobs and whether the store answered, since the last call."""
         with self._lock:
-            lost, self._lost = self._lost, []
-            ended, self._ended = self._ended, set()
-        return lost, ended
+            news = Renewals(self._lost, self._ended, self._error, self._started, self._answered)
+            self._lost, self._ended = [], set()
+            self._error, self._answered = None, False
+        return news
+
+    def _result(self, error: BaseException | None, started: float) -> None:
+        with self._lock:
+            self._error, self._started, self._answered = error, started, error is None
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and wait up to ``timeout`` seconds for it (blocking: call it in a
@@ -131,18 +126,19 @@ class HeartbeatThread:
             return
         try:
             while not await self._wait():
+                started = time.monotonic()
                 try:
                     await self.store.open()
                     break
                 except Exception as exc:
-                    self._state.failed(exc, self.interval)
+                    self._result(exc, started)
             while not await self._wait():
                 await self._renew()
         finally:
             try:
                 await self.store.close()
             except Exception:
-                log.debug("%s: closing the heartbeat store failed", self._state.name, exc_info=True)
+                log.debug("%s: closing the heartbeat store failed", self.worker_id, exc_info=True)
 
     async def _wait(self) -> bool:
         """Sleep for one interval; return whether the thread is to stop."""
@@ -156,12 +152,13 @@ class HeartbeatThread:
             leases = list(self._held)
         if not leases:
             return
+        started = time.monotonic()
         try:
             result = await self.store.renew_leases(self.worker_id, leases, self.lease_seconds)
         except Exception as exc:
-            self._state.failed(exc, self.interval)
+            self._result(exc, started)
             return
-        self._state.succeeded()
+        self._result(None, started)
         self.renewals += 1
         if not result.lost and not result.ended_jobs:
             return

@@ -56,9 +56,15 @@ class StoreOutage:
             return 0.0
         return time.monotonic() - max(self.down_since, self._answered_at)
 
-    def failed(self, what: str, exc: BaseException, key: object = None) -> None:
+    def failed(
+        self, what: str, exc: BaseException, key: object = None, *, started: float | None = None
+    ) -> None:
         """A store call (``what``: "claiming a batch of job ...") failed with ``exc``; a loop
-        that will try again passes its ``key``."""
+        that will try again passes its ``key``. A call that ``started`` (``time.monotonic()``)
+        before the store last answered is stale news (it began during an outage that is over:
+        a slow retry of a call on another thread) and is ignored."""
+        if started is not None and started < self._answered_at:
+            return
         self.last_error = exc
         if key is not None:
             self._failing.add(key)

@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._snapshot import UNREADABLE_JOB
 from .errors import InvalidArgument, StoreError
 from .gate import PriorityGate
-from .heartbeat import HeartbeatThread, RenewalState
+from .heartbeat import HeartbeatThread
 from .lifecycle import settle
 from .models import JobStatus, ProcessingError
 from .outage import StoreOutage, store_failure
@@ -500,7 +500,7 @@ class Worker:
 
     async def _beat(self, interval: float) -> None:
         thread = self.heartbeat_thread
-        state = RenewalState(f"worker {self.worker_id}")
+        key = object()  # the renewals' key in the outage record: "back" waits for them too
         next_sweep = anyio.current_time() + self.lease_timeout
         while True:
             await anyio.sleep(interval)
@@ -510,15 +510,18 @@ class Worker:
                     self._reach_limit("max_memory", f"resident memory {rss / 2**20:.0f} MB")
             if anyio.current_time() >= next_sweep:
                 next_sweep = anyio.current_time() + self.lease_timeout
-                try:
-                    await self._settle_orphans()
-                except Exception:
-                    log.exception("worker %s: looking for unsettled jobs failed", self.worker_id)
+                await self._settle_orphans()
             leases = [lease for runner in self.runners.values() for lease in runner.leases()]
             if thread is not None:
                 thread.reconcile(leases)
-                lost, ended = thread.take()
+                news = thread.take()
+                lost, ended = news.lost, news.ended
+                if news.error is not None:
+                    self.outage.failed("renewing leases", news.error, key, started=news.started)
+                elif news.answered:
+                    self.outage.answered(key)
             elif not leases:
+                self.outage.forget(key)
                 continue
             else:
                 try:
@@ -526,9 +529,11 @@ class Worker:
                         self.worker_id, leases, self.lease_timeout
                     )
                 except Exception as exc:
-                    state.failed(exc, interval)
+                    # Keep the normal pace, not a backoff: leases expire meanwhile. A failed
+                    # renewal is not a lost lease; the fencing decides that once it is back.
+                    self.outage.failed("renewing leases", exc, key)
                     continue
-                state.succeeded()
+                self.outage.answered(key)
                 lost, ended = list(result.lost), set(result.ended_jobs)
             if lost or ended:
                 self._renewed(lost, ended)

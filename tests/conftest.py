@@ -1,11 +1,22 @@
-"""Shared fixtures: every async test runs on asyncio and on trio; SQL store URLs."""
+"""Shared fixtures: every async test runs on asyncio and on trio; SQL store URLs; markers.
+
+The markers ``postgres``, ``subprocess`` and ``slow`` (registered in pyproject.toml) let a run
+leave out parts: ``-m "not slow"`` for a fast local run, ``-m "not postgres"`` without a server.
+``postgres`` is set here, on every test of a ``test_postgres*`` module and every test run with a
+fixture or parameter whose value is ``"postgres"`` (the ``store_url`` fixture below, the store
+fixtures of other modules); ``subprocess`` and ``slow`` are set in the test files. Two guards
+keep the marks true: a test that reaches :func:`postgres_or_skip` without ``postgres``, or starts
+a process without ``subprocess``, fails and says which mark it lacks.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -23,6 +34,53 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+#: The test being set up, run or torn down (None between tests), for the two guards.
+_current: pytest.Item | None = None
+
+
+def _needs_postgres(item: pytest.Item) -> bool:
+    if item.path.name.startswith("test_postgres"):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "postgres" in callspec.params.values()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the PostgreSQL server ``postgres``."""
+    for item in items:
+        if _needs_postgres(item):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    global _current
+    _current = item
+    try:
+        return (yield)
+    finally:
+        _current = None
+
+
+def _require_mark(name: str, needs: str) -> None:
+    """Fail the current test when it lacks marker ``name`` although it ``needs`` what it marks."""
+    item = _current
+    if item is not None and item.get_closest_marker(name) is None:
+        pytest.fail(
+            f"{item.nodeid} {needs} but is not marked {name!r}: add @pytest.mark.{name} "
+            f"(or a pytestmark in its module) so that -m 'not {name}' leaves it out",
+            pytrace=False,
+        )
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "subprocess.Popen":
+        _require_mark("subprocess", "starts a process")
+
+
+sys.addaudithook(_audit)
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each ``@pytest.mark.anyio`` test once per backend."""
@@ -32,6 +90,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 def postgres_or_skip() -> None:
     """Skip when PostgreSQL is unreachable, except in CI (``CI=true``), where that fails."""
     import psycopg
+
+    _require_mark("postgres", "uses the PostgreSQL server")
 
     try:
         psycopg.connect(POSTGRES_URL, connect_timeout=3).close()

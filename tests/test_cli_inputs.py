@@ -182,6 +182,7 @@ def write_without_newline(path: Path, size: int) -> None:
             out.write(chunk)
 
 
+@pytest.mark.subprocess
 def test_console_script_refuses_a_huge_line_in_bounded_memory(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'jobs.db'}"
     small = tmp_path / "small.jsonl"
@@ -200,6 +201,7 @@ def test_console_script_refuses_a_huge_line_in_bounded_memory(tmp_path: Path) ->
     assert grown_mib < 3 * MAX_LINE_BYTES / (1 << 20), (base_peak, peak)
 
 
+@pytest.mark.subprocess
 def test_console_script_fails_on_an_unterminated_csv_quote(tmp_path: Path) -> None:
     path = csv_file(tmp_path / "items.csv", '2,"unbalanced')
     store = f"sqlite:///{tmp_path / 'jobs.db'}"

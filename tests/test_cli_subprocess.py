@@ -31,6 +31,8 @@ from bulkpipe.stores import open_store
 BULKPIPE = Path(sys.executable).with_name("bulkpipe")
 ENV = {key: value for key, value in os.environ.items() if key != "BULKPIPE_STORE"}
 
+pytestmark = pytest.mark.subprocess
+
 
 def bulkpipe(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the console script to its end."""

@@ -664,6 +664,7 @@ def test_public_names() -> None:
     assert all(hasattr(bulkpipe.http, name) for name in bulkpipe.http.__all__)
 
 
+@pytest.mark.subprocess
 def test_without_the_extra_the_import_names_it() -> None:
     code = (
         "import sys\n"

@@ -25,6 +25,8 @@ from bulkpipe.http import create_app, serve
 from bulkpipe.stores import MemoryStore
 from tests.helpers import PATIENCE
 
+pytestmark = pytest.mark.subprocess
+
 
 async def tick(item: dict[str, Any]) -> int:
     await anyio.sleep(0.02)

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import pytest
 
 from bulkpipe import Job, JobOptions, JobStatus, Pipeline
 from bulkpipe.stores import open_store
 
 from .multiproc import WorkerProcess, processed
+
+pytestmark = pytest.mark.subprocess
 
 T = TypeVar("T")
 
@@ -62,6 +65,7 @@ def outcome_ids(url: str, job_id: str) -> list[str]:
     return client(url, go)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_loses_nothing(store_url: str, tmp_path: Path) -> None:
     n, kills, concurrency, batch_size = 6000, 20, 2, 20
     job_id = submit(
@@ -113,6 +117,7 @@ def test_four_workers_share_one_job_without_duplicates(store_url: str, tmp_path:
     assert sum(1 for log in tmp_path.glob("*.log") if log.read_text()) == 4  # all took part
 
 
+@pytest.mark.slow
 def test_cancel_from_another_process_stops_every_worker(store_url: str, tmp_path: Path) -> None:
     workers = [WorkerProcess(store_url, tmp_path) for _ in range(2)]
     try:

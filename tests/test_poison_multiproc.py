@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import pytest
 
 from bulkpipe import ItemOutcome, Job, JobOptions, JobStatus, Pipeline
 from bulkpipe.stores import open_store
 
 from .multiproc import WorkerProcess, processed
+
+pytestmark = pytest.mark.subprocess
 
 T = TypeVar("T")
 

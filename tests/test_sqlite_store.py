@@ -232,6 +232,7 @@ anyio.run(main, sys.argv[1], sys.argv[2] == "1")
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(
     _permissions_bind() or shutil.which("setpriv") is None,
     reason="runs as root with setpriv; without root the test above covers it",

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import random
 import time
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -31,6 +30,7 @@ from .errors import (
 )
 from .gate import PriorityGate
 from .items import chunked, duplicate_errors, encode_items
+from .jobs import new_job
 from .lifecycle import settle
 from .models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
 from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
@@ -270,36 +270,8 @@ class Pipeline:
         except TypeError as exc:
             raise InvalidArgument(f"options must be JobOptions or a mapping: {exc}") from exc
 
-    @staticmethod
-    def _new_job(
-        processor: str,
-        options: JobOptions,
-        priority: int,
-        *,
-        source: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        retry_of: str | None = None,
-        owner: str | None = None,
-    ) -> Job:
-        return Job(
-            id=uuid.uuid4().hex,
-            type=processor,
-            status=JobStatus.PENDING,
-            progress=0.0,
-            total_items=0,
-            processed_items=0,
-            succeeded_items=0,
-            failed_items=0,
-            errors=[],
-            error_count=0,
-            options=options,
-            priority=priority,
-            retry_of=retry_of,
-            owner=owner,
-            source=source,
-            params=dict(params) if params is not None else None,
-            created_at=datetime.now(UTC),
-        )
+    #: Builds the pending job ``submit`` and ``retry`` create (shared with bulkpipe.testing).
+    _new_job = staticmethod(new_job)
 
     async def _fill(
         self, job_id: str, stream: Iterable[Any] | AsyncIterable[Any], options: JobOptions

@@ -256,3 +256,36 @@ async def test_max_items_does_not_wait_for_a_job_still_being_submitted() -> None
         await worker.run()
     assert worker.limit_reached == "max_items"
     assert len((await store.read_outcomes(job.id)).rows) == 2
+
+
+class Counting(MemoryStore):
+    """A store that notes which leases each renewal was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[set[Lease]] = []
+
+    async def renew_leases(
+        self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
+    ) -> RenewResult:
+        self.asked.append(set(leases))
+        return RenewResult(lost=(), ended_jobs=frozenset())
+
+
+async def test_a_lease_no_runner_ever_lists_is_not_renewed_for_ever() -> None:
+    # A batch claimed and at once closed or dropped (lost, reopened) before a heartbeat tick
+    # never shows in a runner's leases; it must not be renewed past the next tick.
+    store = Counting()
+    beat = HeartbeatThread(store, worker_id="w", lease_seconds=1.0, interval=0.02)
+    gone, kept = Lease(job_id="j", batch_no=0, token=1), Lease(job_id="j", batch_no=1, token=2)
+    beat.hold(gone)
+    beat.hold(kept)
+    beat.reconcile([kept])  # the tick right after the claim: `gone` was just handed over
+    beat.reconcile([kept])  # the next tick: no runner lists it
+    beat.start()
+    try:
+        while len(store.asked) < 3:  # noqa: ASYNC110 - a count kept by another thread
+            await anyio.sleep(0.01)
+    finally:
+        await anyio.to_thread.run_sync(beat.stop)
+    assert all(asked == {kept} for asked in store.asked)

@@ -54,7 +54,7 @@ class HeartbeatThread:
         self.lease_seconds = lease_seconds
         self.interval = interval
         self._lock = threading.Lock()
-        self._held: dict[Lease, bool] = {}  # lease -> seen in a runner since it was claimed
+        self._held: dict[Lease, bool] = {}  # lease -> held since the last reconcile
         self._lost: list[Lease] = []
         self._ended: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,17 +79,17 @@ class HeartbeatThread:
     def hold(self, lease: Lease) -> None:
         """Renew ``lease`` from now on (a batch was just claimed)."""
         with self._lock:
-            self._held.setdefault(lease, False)
+            self._held.setdefault(lease, True)
 
     def reconcile(self, current: Collection[Lease]) -> None:
         """``current`` are the leases the runners hold now: keep renewing those, and stop
-        renewing the ones a runner held before and has closed since."""
+        renewing every other one, except those held since the last call (a runner may not
+        list a batch it was just handed yet). A lease a runner never listed (it closed or
+        dropped the batch at once) is dropped too, or it would be renewed for ever."""
         with self._lock:
-            for lease in current:
-                self._held[lease] = True
-            for lease in [lease for lease, seen in self._held.items() if seen]:
-                if lease not in current:
-                    del self._held[lease]
+            kept = {lease: False for lease, fresh in self._held.items() if fresh}
+            kept.update(dict.fromkeys(current, False))
+            self._held = kept
 
     def take(self) -> Renewals:
         """Lost leases, ended jobs and whether the store answered, since the last call."""

@@ -32,6 +32,8 @@ from .pg import unique_prefix, with_params
 from .test_cli_subprocess import lines_of, start
 from .test_multiprocess import get, outcome_ids, submit, wait_terminal
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow, pytest.mark.postgres]
+
 OUTAGE = 25.0
 UNREACHABLE = "the store is unreachable"
 BACK = "the store is reachable again"

@@ -10,11 +10,15 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 from bulkpipe import JobOptions, JobStatus, Pipeline
 
 from .multiproc import WorkerProcess, processed
 from .pg import POSTGRES_URL
 from .test_multiprocess import client, wait_terminal
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
 
 def batch_claims(url: str, job_id: str) -> list[int]:

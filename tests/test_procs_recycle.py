@@ -21,6 +21,8 @@ from bulkpipe import JobOptions, JobStatus, Pipeline
 from bulkpipe.cli.worker import EXIT_LIMIT
 from bulkpipe.stores import open_store
 
+pytestmark = pytest.mark.subprocess
+
 BULKPIPE = Path(sys.executable).with_name("bulkpipe")
 
 PLUGIN = '''

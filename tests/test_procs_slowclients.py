@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess
+
 pytest.importorskip("uvicorn")
 
 BULKPIPE = Path(sys.executable).with_name("bulkpipe")

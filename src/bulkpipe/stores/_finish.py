@@ -1,0 +1,43 @@
+"""The rules of ``JobStore.finish_job``, written once for every store.
+
+A SQL store also states :func:`may_complete` in its ``finish_job`` statement (so the check and
+the write are one atomic step); that clause must say what this function says.
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidArgument
+from ..models import JobStatus
+
+
+def check_finish_status(status: JobStatus) -> None:
+    """Raise :class:`InvalidArgument` (a ``ValueError``) unless ``status`` is terminal."""
+    if not status.is_terminal:
+        raise InvalidArgument(f"finish_job needs a terminal status, not {status}")
+
+
+def may_complete(
+    *, sealed: bool, open_batches: int, total: int, succeeded: int, failed: int
+) -> bool:
+    """Whether a job may become ``COMPLETED``: every item is in (sealed), every batch is
+    closed, and every item has its outcome (succeeded + failed == total)."""
+    return sealed and not open_batches and succeeded + failed == total
+
+
+def may_finish(
+    current: JobStatus,
+    status: JobStatus,
+    *,
+    sealed: bool,
+    open_batches: int,
+    total: int,
+    succeeded: int,
+    failed: int,
+) -> bool:
+    """Whether ``finish_job`` moves a job in ``current`` to ``status``: never out of a
+    terminal status, and to ``COMPLETED`` only when :func:`may_complete` holds."""
+    if current.is_terminal:
+        return False
+    return status is not JobStatus.COMPLETED or may_complete(
+        sealed=sealed, open_batches=open_batches, total=total, succeeded=succeeded, failed=failed
+    )

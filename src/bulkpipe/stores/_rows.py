@@ -118,3 +118,74 @@ class FailedItem(NamedTuple):
     seq: int
     item_id: str
     payload: str
+
+
+# -- SQLite's own ----------------------------------------------------------------------------
+
+
+class JobKey(NamedTuple):
+    """``job_status``: a job's key inside the database and its status."""
+
+    seq: int
+    status: str
+
+
+class SpecRow(NamedTuple):
+    """``job_spec`` / ``job_spec_by_id``: what a claim hands the worker about the job."""
+
+    seq: int
+    id: str
+    type: str
+    status: str
+    options: str
+    priority: int
+
+
+class LeasedRow(NamedTuple):
+    """``lease_batch``: the batch just leased."""
+
+    claims: int
+    recorded: int
+    first_item: int
+    last_item: int
+
+
+class BatchLease(NamedTuple):
+    """``batch_lease``: a batch's lease, as a report meets it."""
+
+    state: str
+    token: int | None
+    size: int
+    recorded: int
+
+
+# -- PostgreSQL's own ------------------------------------------------------------------------
+
+
+class RecordedRow(NamedTuple):
+    """``record``: the job's counts after the write, the leases that were still held, and
+    the done batches put back to pending because outcomes were missing (with how many)."""
+
+    status: str
+    sealed: bool
+    total: int
+    succeeded: int
+    failed: int
+    open_batches: int
+    held: list[list[int]]  # [batch_no, token]
+    reopened: list[list[int]]  # [batch_no, short]
+
+
+class OutcomePageRow(NamedTuple):
+    """``outcomes``: an outcome page's row, and how many rows the page could have held."""
+
+    seq: int
+    item_id: str
+    ok: bool
+    result: str | None
+    error: str | None
+    error_type: str | None
+    attempts: int
+    started_at: float
+    finished_at: float
+    fetched: int

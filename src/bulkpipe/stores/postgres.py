@@ -19,7 +19,7 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, ClassVar, Concatenate, NamedTuple, ParamSpec, TypeVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -28,10 +28,11 @@ from .._snapshot import MAX_ERRORS, job_spec
 from ..errors import BulkpipeError, InvalidArgument, JobNotFound, StoreError
 from ..models import Job, JobStatus, ProcessingError
 from ..store import BatchReport, ClaimedBatch, EncodedItem, Lease, Progress, RenewResult
-from ._rows import Counts, FailedItem, JobRow, JobState
+from ._postgres_errors import RETRY_FOR, describe_dsn, hint
+from ._postgres_params import lease_params, record_params, refused
+from ._rows import Counts, FailedItem, JobRow, JobState, OutcomePageRow, RecordedRow
 from ._sqlbase import (
     SQLStore,
-    clean_text,
     error_from_json,
     error_json,
     job_params,
@@ -56,8 +57,6 @@ log = logging.getLogger("bulkpipe.stores.postgres")
 
 _DIALECT = "postgres"
 _TERMINAL = frozenset(s.value for s in JobStatus if s.is_terminal)
-#: How long a store call keeps retrying after connection errors before it gives up.
-_RETRY_FOR = 20.0
 _FIRST_DELAY, _MAX_DELAY = 0.02, 1.0
 
 Row = tuple[Any, ...]
@@ -65,68 +64,7 @@ Conn = psycopg.Connection[Row]
 Pool = psycopg_pool.ConnectionPool[Conn]
 
 
-class _Recorded(NamedTuple):
-    """``record``: the job's counts after the write, the leases that were still held, and
-    the done batches put back to pending because outcomes were missing (with how many)."""
-
-    status: str
-    sealed: bool
-    total: int
-    succeeded: int
-    failed: int
-    open_batches: int
-    held: list[list[int]]  # [batch_no, token]
-    reopened: list[list[int]]  # [batch_no, short]
-
-
-class _OutcomePage(NamedTuple):
-    """``outcomes``: an outcome page's row, and how many rows the page could have held."""
-
-    seq: int
-    item_id: str
-    ok: bool
-    result: str | None
-    error: str | None
-    error_type: str | None
-    attempts: int
-    started_at: float
-    finished_at: float
-    fetched: int
-
-
-def _describe(dsn: str) -> str:
-    """Where the store connects, without the password."""
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "(an unparsable DSN)"
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = params.get("port") or "5432"
-    user = f"{params['user']}@" if params.get("user") else ""
-    return f"postgresql://{user}{host}:{port}/{params.get('dbname') or ''}"
-
-
-def _hint(exc: Exception, *, retried: bool = True) -> str:
-    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
-        return (
-            "a table or column of the store is missing; was the schema dropped or changed, "
-            "or is the prefix wrong?"
-        )
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return "the database user lacks a privilege on the store's tables; check its grants"
-    if isinstance(exc, psycopg.errors.DiskFull):
-        return "the database server's disk is full; free some space"
-    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
-        return "the server is read-only (a standby?); point the store at the primary"
-    if isinstance(exc, psycopg.DataError):
-        return "a value could not be stored; check the items and results for odd values"
-    if isinstance(exc, psycopg.OperationalError):
-        retry = f"the call was retried for up to {_RETRY_FOR:g} s; " if retried else ""
-        return f"{retry}check that the server is running and reachable from this machine"
-    return "check the PostgreSQL server log"
-
-
-class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
+class PostgresStore(SQLStore[Conn, Pool]):
     """Keeps jobs, items and outcomes in PostgreSQL, shared by workers on many machines.
 
     ``dsn`` is a libpq connection string or URL (``postgresql://user@host:5432/db``). The
@@ -182,7 +120,7 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
             )
         if connect_timeout <= 0:
             raise InvalidArgument(f"connect_timeout must be positive, not {connect_timeout}")
-        super().__init__(prefix=prefix, where=_describe(dsn))
+        super().__init__(prefix=prefix, where=describe_dsn(dsn))
         self.dsn = dsn
         self.min_size = min_size
         self.max_size = max_size
@@ -201,7 +139,7 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
         return f"PostgreSQL store {self._where} (prefix {self.prefix!r})"
 
     def _hint(self, exc: Exception, *, retried: bool) -> str:
-        return _hint(exc, retried=retried)
+        return hint(exc, retried=retried)
 
     async def _call(
         self,
@@ -230,7 +168,7 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
                 )
             except psycopg.OperationalError as exc:
                 now = anyio.current_time()
-                deadline = now + _RETRY_FOR if deadline is None else deadline
+                deadline = now + RETRY_FOR if deadline is None else deadline
                 if now + delay > deadline or self._pool is not pool:
                     raise self._error(what, exc) from exc
                 log.warning(
@@ -397,7 +335,7 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
                 stored = conn.execute(
                     self._q["batch_item_ids"], {"job": state.seq, "batch_no": int(first_batch)}
                 )
-                return _refused(ids, {item_id for (item_id,) in stored}), written
+                return refused(ids, {item_id for (item_id,) in stored}), written
         row = conn.execute(self._q["add_batches"], params, binary=True).fetchone()
         if row is None:
             if not self._check_open_job(conn, params):
@@ -406,7 +344,7 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
         count, stored_ids, written = row
         if count == len(ids):
             return [], written
-        return _refused(ids, set(stored_ids)), written
+        return refused(ids, set(stored_ids)), written
 
     async def add_errors(
         self, job_id: str, errors: Sequence[ProcessingError], rejected: int
@@ -500,11 +438,11 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
         # Not prepared: a prepared statement soon runs a generic plan, and the generic plan of
         # this one scans every batch of the store (the replay condition defeats the index).
         row = conn.execute(
-            self._q["record"], _record_params(job_id, sent, retry), binary=True, prepare=False
+            self._q["record"], record_params(job_id, sent, retry), binary=True, prepare=False
         ).fetchone()
         if row is None:  # the job is missing or has ended: nothing was written
             return self._read_progress(conn, retry, job_id)
-        result = _Recorded._make(row)
+        result = RecordedRow._make(row)
         held = {(batch_no, token) for batch_no, token in result.held}
         reopened = {batch_no: short for batch_no, short in result.reopened}
         for batch_no, short in reopened.items():
@@ -529,7 +467,7 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
     def _renew(
         self, conn: Conn, retry: bool, leases: Sequence[Lease], lease_seconds: float
     ) -> RenewResult:
-        params = {**_lease_params(leases), "lease": lease_seconds}
+        params = {**lease_params(leases), "lease": lease_seconds}
         rows = conn.execute(self._q["renew_leases"], params).fetchall()
         lost: list[Lease] = []
         ended: set[str] = set()
@@ -541,7 +479,7 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
         return RenewResult(lost=tuple(lost), ended_jobs=frozenset(ended))
 
     def _release(self, conn: Conn, retry: bool, leases: Sequence[Lease]) -> None:
-        conn.execute(self._q["release"], _lease_params(leases))
+        conn.execute(self._q["release"], lease_params(leases))
 
     async def finish_job(
         self, job_id: str, status: JobStatus, error: ProcessingError | None = None
@@ -596,7 +534,7 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
         after: int,
         limit: int,
         max_bytes: int | None,
-    ) -> tuple[list[_OutcomePage], bool]:
+    ) -> tuple[list[OutcomePageRow], bool]:
         params = {
             "id": job_id,
             "after": after,
@@ -604,7 +542,7 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
             "limit": limit + 1,  # one more, to know whether another page follows
             "budget": max_bytes,
         }
-        rows = map(_OutcomePage._make, self._page(conn, "outcomes", params))
+        rows = map(OutcomePageRow._make, self._page(conn, "outcomes", params))
         found = [row for row in rows if row.seq is not None]
         page = found[:limit]
         # fetched: how many rows (up to limit + 1) were left, whether or not they fitted
@@ -628,53 +566,3 @@ class PostgresStore(SQLStore["Conn", "psycopg_pool.ConnectionPool[Conn]"]):
 def _commit_asynchronously(conn: Conn) -> None:
     """Pool connections commit without waiting for the disk (see the class docstring)."""
     conn.execute("SET synchronous_commit = off")
-
-
-def _refused(ids: Sequence[str], stored: set[str]) -> list[str]:
-    """The ids of a call that were not stored: known before, or repeated within the call."""
-    refused: list[str] = []
-    for item_id in ids:
-        if item_id in stored:
-            stored.discard(item_id)  # a second one in this call is a repeat
-        else:
-            refused.append(item_id)
-    return refused
-
-
-def _lease_params(leases: Sequence[Lease]) -> dict[str, Any]:
-    return {
-        "job_ids": [lease.job_id for lease in leases],
-        "batch_nos": [lease.batch_no for lease in leases],
-        "tokens": [lease.token for lease in leases],
-    }
-
-
-def _record_params(job_id: str, reports: Sequence[BatchReport], replay: bool) -> dict[str, Any]:
-    """The record query's parameters: one array per column, outcomes flattened."""
-    o_report: list[int] = []  # each outcome's report, numbered from 1 like WITH ORDINALITY
-    rows: list[Any] = []
-    for n, report in enumerate(reports, 1):
-        o_report.extend([n] * len(report.outcomes))
-        rows.extend(report.outcomes)
-    columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] or [[]] * 8
-    item, ok, result, error, error_type, attempts, started, finished = columns
-    if any(e is not None and "\x00" in e for e in error):
-        error = [clean_text(e) for e in error]
-    return {
-        "id": job_id,
-        "replay": replay,
-        "batch_nos": [r.lease.batch_no for r in reports],
-        "tokens": [r.lease.token for r in reports],
-        "done": [r.done for r in reports],
-        "o_count": len(rows),
-        "o_report": o_report,
-        "o_item": item,
-        "o_ok": ok,
-        "o_result": result,
-        "o_error": error,
-        "o_type": error_type,
-        "o_attempts": attempts,
-        "o_started": started,
-        "o_finished": finished,
-        "max_errors": MAX_ERRORS,
-    }

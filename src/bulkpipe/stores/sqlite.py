@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from functools import lru_cache, partial
-from typing import Any, ClassVar, Concatenate, NamedTuple, ParamSpec, TypeVar
+from functools import partial
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -20,9 +20,10 @@ from ..errors import InvalidArgument, JobNotFound, StoreError
 from ..models import Job, JobStatus, ProcessingError
 from ..store import BatchReport, ClaimedBatch, EncodedItem, Lease, Progress, RenewResult
 from ._finish import may_finish
-from ._rows import Counts, FailedItem, JobRow, OutcomeRecord
-from ._sql import load_queries, schema_script
+from ._rows import BatchLease, Counts, FailedItem, JobKey, JobRow, LeasedRow, OutcomeRecord, SpecRow
 from ._sqlbase import SQLStore, progress_of
+from ._sqlite_errors import hint
+from ._sqlite_schema import expected_schema, schema_objects, statements
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,99 +31,8 @@ R = TypeVar("R")
 _DIALECT = "sqlite"
 _MIN_VERSION = (3, 35, 0)  # RETURNING and ON CONFLICT DO NOTHING
 _ACTIVE = frozenset({JobStatus.PENDING.value, JobStatus.PROCESSING.value})
-_TABLES = ("meta", "jobs", "batches", "items", "outcomes", "errors")
-
-_HINTS = {
-    sqlite3.SQLITE_BUSY: "another connection held the database locked for longer than "
-    "busy_timeout; is a long transaction running elsewhere? (or raise busy_timeout)",
-    sqlite3.SQLITE_LOCKED: "the database is locked by another connection of this process",
-    sqlite3.SQLITE_READONLY: "the file, or its directory (SQLite writes -wal and -shm files "
-    "beside it), is read-only; check the permissions",
-    sqlite3.SQLITE_PERM: "access to the file was denied; check the permissions",
-    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened; check that the path and its directory "
-    "exist and are writable",
-    sqlite3.SQLITE_FULL: "the disk (or the database's size limit) is full; free some space",
-    sqlite3.SQLITE_IOERR: "the disk reported an I/O error; check the disk and the file system",
-    sqlite3.SQLITE_CORRUPT: "the database file is corrupt; restore it from a backup",
-    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database (or it is encrypted); check the path",
-}
 
 Conn = sqlite3.Connection
-
-
-class _JobKey(NamedTuple):
-    """``job_status``: a job's key inside the database and its status."""
-
-    seq: int
-    status: str
-
-
-class _SpecRow(NamedTuple):
-    """``job_spec`` / ``job_spec_by_id``: what a claim hands the worker about the job."""
-
-    seq: int
-    id: str
-    type: str
-    status: str
-    options: str
-    priority: int
-
-
-class _Leased(NamedTuple):
-    """``lease_batch``: the batch just leased."""
-
-    claims: int
-    recorded: int
-    first_item: int
-    last_item: int
-
-
-class _BatchLease(NamedTuple):
-    """``batch_lease``: a batch's lease, as a report meets it."""
-
-    state: str
-    token: int | None
-    size: int
-    recorded: int
-
-
-class _SchemaObject(NamedTuple):
-    """``schema_objects``: one row of ``sqlite_master``."""
-
-    type: str
-    name: str
-    tbl_name: str
-    sql: str | None
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The statements of a migration script, one at a time (``executescript`` would commit)."""
-    chunk = ""
-    for line in script.splitlines(keepends=True):
-        chunk += line
-        if sqlite3.complete_statement(chunk):
-            yield chunk.strip()
-            chunk = ""
-    if any(line.strip() and not line.lstrip().startswith("--") for line in chunk.splitlines()):
-        raise RuntimeError(f"incomplete SQL statement at the end of a migration: {chunk!r}")
-
-
-@lru_cache(maxsize=16)
-def _expected_schema(prefix: str) -> tuple[_SchemaObject, ...]:
-    """``sqlite_master`` rows of this prefix's tables as ``schema.sql`` creates them."""
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    try:
-        for statement in _statements(schema_script(_DIALECT, prefix)):
-            conn.execute(statement)
-        return _schema_objects(conn, prefix)
-    finally:
-        conn.close()
-
-
-def _schema_objects(conn: Conn, prefix: str) -> tuple[_SchemaObject, ...]:
-    tables = json.dumps([prefix + name for name in _TABLES])
-    query = load_queries(_DIALECT, prefix)["schema_objects"]
-    return tuple(map(_SchemaObject._make, conn.execute(query, {"tables": tables})))
 
 
 def _scalar(conn: Conn, query: str, params: dict[str, Any] | None = None) -> Any:
@@ -184,10 +94,7 @@ class SQLiteStore(SQLStore[Conn, Conn]):
         return f"{name}: {exc}"
 
     def _hint(self, exc: Exception, *, retried: bool) -> str:
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is None:  # misuse of the driver, not a problem with the file
-            return "this is a bulkpipe bug; please report it"
-        return _HINTS.get(code & 0xFF, "check the database file")
+        return hint(exc)
 
     async def _call(
         self,
@@ -273,7 +180,7 @@ class SQLiteStore(SQLStore[Conn, Conn]):
         return int(row[0]) if row is not None else 0
 
     def _run_script(self, conn: Conn, script: str) -> None:
-        for statement in _statements(script):
+        for statement in statements(script):
             conn.execute(statement)
 
     def _migrate(self, conn: Conn) -> None:
@@ -287,8 +194,8 @@ class SQLiteStore(SQLStore[Conn, Conn]):
                 raise
 
     def _check_schema(self, conn: Conn) -> None:
-        actual = _schema_objects(conn, self.prefix)
-        expected = _expected_schema(self.prefix)
+        actual = schema_objects(conn, self.prefix)
+        expected = expected_schema(self.prefix)
         if actual != expected:
             differ = sorted({row.name for row in set(actual) ^ set(expected)})
             raise self._foreign(f"unexpected: {', '.join(differ)}")
@@ -430,7 +337,7 @@ class SQLiteStore(SQLStore[Conn, Conn]):
         with self._transaction(conn):
             now = time.time()  # read under the write lock, so claims see time move forward
             if job_id is not None:
-                spec = self._one(conn, "job_spec_by_id", {"id": job_id}, _SpecRow._make)
+                spec = self._one(conn, "job_spec_by_id", {"id": job_id}, SpecRow._make)
                 if spec is None or spec.status not in _ACTIVE:
                     return None
             else:
@@ -438,7 +345,7 @@ class SQLiteStore(SQLStore[Conn, Conn]):
                 if found is None:
                     return None
                 (seq,) = found
-                spec = self._one(conn, "job_spec", {"job": seq}, _SpecRow._make)
+                spec = self._one(conn, "job_spec", {"job": seq}, SpecRow._make)
                 assert spec is not None  # found under the same write lock
             row = conn.execute(q["pending_batch"], {"job": spec.seq}).fetchone()
             if row is None:
@@ -447,7 +354,7 @@ class SQLiteStore(SQLStore[Conn, Conn]):
                     return None
             (batch_no,) = row
             token = _scalar(conn, q["next_token"])
-            leased = _Leased._make(
+            leased = LeasedRow._make(
                 conn.execute(
                     q["lease_batch"],
                     {
@@ -480,7 +387,7 @@ class SQLiteStore(SQLStore[Conn, Conn]):
         repeated done report comes back as lost)."""
         q = self._q
         with self._transaction(conn):
-            head = self._one(conn, "job_status", {"id": job_id}, _JobKey._make)
+            head = self._one(conn, "job_status", {"id": job_id}, JobKey._make)
             if head is None:
                 raise JobNotFound(job_id)
             job = head.seq
@@ -492,7 +399,7 @@ class SQLiteStore(SQLStore[Conn, Conn]):
             for report in reports:
                 lease = report.lease
                 key = {"job": job, "batch_no": lease.batch_no}
-                batch = self._one(conn, "batch_lease", key, _BatchLease._make)
+                batch = self._one(conn, "batch_lease", key, BatchLease._make)
                 if batch is None or batch.token != lease.token or batch.state != "leased":
                     # Lost, released, or done (which is also what a report repeated after a
                     # commit we did not hear about meets: its outcomes and counts are in).
@@ -560,10 +467,10 @@ class SQLiteStore(SQLStore[Conn, Conn]):
                     lost.append(lease)
         return RenewResult(lost=tuple(lost), ended_jobs=frozenset(ended))
 
-    def _job_keys(self, conn: Conn, leases: Sequence[Lease]) -> dict[str, _JobKey]:
-        found: dict[str, _JobKey] = {}
+    def _job_keys(self, conn: Conn, leases: Sequence[Lease]) -> dict[str, JobKey]:
+        found: dict[str, JobKey] = {}
         for job_id in {lease.job_id for lease in leases}:
-            key = self._one(conn, "job_status", {"id": job_id}, _JobKey._make)
+            key = self._one(conn, "job_status", {"id": job_id}, JobKey._make)
             if key is not None:
                 found[job_id] = key
         return found

@@ -6,6 +6,8 @@ the write are one atomic step); that clause must say what this function says.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ..errors import InvalidArgument
 from ..models import JobStatus
 
@@ -24,20 +26,33 @@ def may_complete(
     return sealed and not open_batches and succeeded + failed == total
 
 
-def may_finish(
-    current: JobStatus,
-    status: JobStatus,
-    *,
-    sealed: bool,
-    open_batches: int,
-    total: int,
-    succeeded: int,
-    failed: int,
-) -> bool:
-    """Whether ``finish_job`` moves a job in ``current`` to ``status``: never out of a
-    terminal status, and to ``COMPLETED`` only when :func:`may_complete` holds."""
-    if current.is_terminal:
+class JobCounts(Protocol):
+    """What the rules read of a job: its status and counts (a ``Progress``, or a store's
+    own record of the job)."""
+
+    @property
+    def status(self) -> JobStatus: ...
+    @property
+    def sealed(self) -> bool: ...
+    @property
+    def open_batches(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def succeeded(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+
+
+def may_finish(job: JobCounts, status: JobStatus) -> bool:
+    """Whether ``finish_job`` moves ``job`` to ``status``: never out of a terminal status,
+    and to ``COMPLETED`` only when :func:`may_complete` holds."""
+    if job.status.is_terminal:
         return False
     return status is not JobStatus.COMPLETED or may_complete(
-        sealed=sealed, open_batches=open_batches, total=total, succeeded=succeeded, failed=failed
+        sealed=job.sealed,
+        open_batches=job.open_batches,
+        total=job.total,
+        succeeded=job.succeeded,
+        failed=job.failed,
     )

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Protocol, Typ
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from .._snapshot import job_from_row, outcome_from_row
 from ..errors import InvalidArgument, JobNotFound, StoreError
@@ -153,6 +154,37 @@ def next_cursor(last_seq: int | None, more: bool, cursor: int | None) -> int | N
     if not more:
         return None
     return last_seq if last_seq is not None else (cursor or 0)
+
+
+@attrs.frozen(kw_only=True)
+class ClaimRequest:
+    """What ``claim_batch`` was asked for (see :meth:`bulkpipe.store.JobStore.claim_batch`)."""
+
+    worker_id: str
+    lease_seconds: float
+    job_id: str | None
+    exclude: list[str]
+    types: list[str] | None
+
+
+@attrs.frozen(kw_only=True)
+class FinishRequest:
+    """What ``finish_job`` was asked for, its status already checked to be terminal."""
+
+    job_id: str
+    status: JobStatus
+    error: ProcessingError | None
+
+
+@attrs.frozen(kw_only=True)
+class OutcomePageRequest:
+    """What ``read_outcomes`` was asked for; ``after`` is the cursor (0: from the start)."""
+
+    job_id: str
+    failed: bool | None
+    after: int
+    limit: int
+    max_bytes: int | None
 
 
 class SQLStore(abc.ABC, Generic[C, H]):
@@ -348,27 +380,17 @@ class SQLStore(abc.ABC, Generic[C, H]):
         types: Collection[str] | None = None,
     ) -> ClaimedBatch | None:
         """Lease the next batch (see :meth:`bulkpipe.store.JobStore.claim_batch`)."""
-        return await self._call(
-            "claiming a batch",
-            self._claim,
-            worker_id,
-            float(lease_seconds),
-            job_id,
-            list(exclude),
-            list(types) if types is not None else None,
+        want = ClaimRequest(
+            worker_id=worker_id,
+            lease_seconds=float(lease_seconds),
+            job_id=job_id,
+            exclude=list(exclude),
+            types=list(types) if types is not None else None,
         )
+        return await self._call("claiming a batch", self._claim, want)
 
     @abc.abstractmethod
-    def _claim(
-        self,
-        conn: C,
-        retry: bool,
-        worker_id: str,
-        lease_seconds: float,
-        job_id: str | None,
-        exclude: list[str],
-        types: list[str] | None,
-    ) -> ClaimedBatch | None: ...
+    def _claim(self, conn: C, retry: bool, want: ClaimRequest) -> ClaimedBatch | None: ...
 
     async def record(self, job_id: str, reports: Sequence[BatchReport]) -> Progress:
         """Store outcomes, fenced by each report's lease token, and update the counts in the
@@ -415,17 +437,11 @@ class SQLStore(abc.ABC, Generic[C, H]):
         call changed it. ``COMPLETED`` is refused (unchanged, False) unless the job is sealed,
         has no open batch and every item has an outcome (see ``stores/_finish.py``)."""
         check_finish_status(status)
-        return await self._call("finishing a job", self._finish_job, job_id, status, error)
+        end = FinishRequest(job_id=job_id, status=status, error=error)
+        return await self._call("finishing a job", self._finish_job, end)
 
     @abc.abstractmethod
-    def _finish_job(
-        self,
-        conn: C,
-        retry: bool,
-        job_id: str,
-        status: JobStatus,
-        error: ProcessingError | None,
-    ) -> tuple[Job, bool]: ...
+    def _finish_job(self, conn: C, retry: bool, end: FinishRequest) -> tuple[Job, bool]: ...
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -469,22 +485,16 @@ class SQLStore(abc.ABC, Generic[C, H]):
         max_bytes: int | None = None,
     ) -> Page[ItemOutcome]:
         """Final outcomes in recording order, from ``cursor`` on, within ``max_bytes``."""
-        rows, more = await self._call(
-            "reading outcomes", self._outcome_page, job_id, failed, cursor or 0, limit, max_bytes
+        want = OutcomePageRequest(
+            job_id=job_id, failed=failed, after=cursor or 0, limit=limit, max_bytes=max_bytes
         )
+        rows, more = await self._call("reading outcomes", self._outcome_page, want)
         last = rows[-1].seq if rows else None
         return Page(rows=[outcome_of(row) for row in rows], cursor=next_cursor(last, more, cursor))
 
     @abc.abstractmethod
     def _outcome_page(
-        self,
-        conn: C,
-        retry: bool,
-        job_id: str,
-        failed: bool | None,
-        after: int,
-        limit: int,
-        max_bytes: int | None,
+        self, conn: C, retry: bool, want: OutcomePageRequest
     ) -> tuple[Sequence[OutcomeColumns], bool]:
         """Up to ``limit`` outcome rows after ``after`` (within ``max_bytes``, but at least
         one), and whether more follow."""

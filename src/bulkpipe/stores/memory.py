@@ -367,15 +367,7 @@ class MemoryStore:
     ) -> tuple[Job, bool]:
         check_finish_status(status)
         job = self._job(job_id)
-        if not may_finish(
-            job.status,
-            status,
-            sealed=job.sealed,
-            open_batches=job.open_batches,
-            total=job.total,
-            succeeded=job.succeeded,
-            failed=job.failed,
-        ):
+        if not may_finish(job, status):
             return job.snapshot(), False
         now = time.time()
         if error is not None:

@@ -32,6 +32,9 @@ from ._postgres_errors import RETRY_FOR, describe_dsn, hint
 from ._postgres_params import lease_params, record_params, refused
 from ._rows import Counts, FailedItem, JobRow, JobState, OutcomePageRow, RecordedRow
 from ._sqlbase import (
+    ClaimRequest,
+    FinishRequest,
+    OutcomePageRequest,
     SQLStore,
     error_from_json,
     error_json,
@@ -390,23 +393,14 @@ class PostgresStore(SQLStore[Conn, Pool]):
 
     # -- work -------------------------------------------------------------------------------
 
-    def _claim(
-        self,
-        conn: Conn,
-        retry: bool,
-        worker_id: str,
-        lease_seconds: float,
-        job_id: str | None,
-        exclude: list[str],
-        types: list[str] | None,
-    ) -> ClaimedBatch | None:
-        params: dict[str, Any] = {"owner": worker_id, "lease": lease_seconds}
-        if job_id is not None:
-            params["id"] = job_id
+    def _claim(self, conn: Conn, retry: bool, want: ClaimRequest) -> ClaimedBatch | None:
+        params: dict[str, Any] = {"owner": want.worker_id, "lease": want.lease_seconds}
+        if want.job_id is not None:
+            params["id"] = want.job_id
         else:
-            params["types"] = types
-            params["exclude"] = exclude
-        query = self._q["claim_job" if job_id is not None else "claim_any"]
+            params["types"] = want.types
+            params["exclude"] = want.exclude
+        query = self._q["claim_job" if want.job_id is not None else "claim_any"]
         row = conn.execute(query, params, binary=True).fetchone()
         if row is None:
             return None
@@ -488,18 +482,11 @@ class PostgresStore(SQLStore[Conn, Pool]):
         self._last_write.pop(job_id, None)
         return await super().finish_job(job_id, status, error)
 
-    def _finish_job(
-        self,
-        conn: Conn,
-        retry: bool,
-        job_id: str,
-        status: JobStatus,
-        error: ProcessingError | None,
-    ) -> tuple[Job, bool]:
+    def _finish_job(self, conn: Conn, retry: bool, end: FinishRequest) -> tuple[Job, bool]:
         params = {
-            "id": job_id,
-            "status": status.value,
-            "error": json.dumps(error_json(error)) if error is not None else None,
+            "id": end.job_id,
+            "status": end.status.value,
+            "error": json.dumps(error_json(end.error)) if end.error is not None else None,
             "max_errors": MAX_ERRORS,
         }
         with conn.transaction():
@@ -507,7 +494,7 @@ class PostgresStore(SQLStore[Conn, Pool]):
             changed = conn.execute(self._q["finish_job"], params).fetchone() is not None
         # A retry cannot tell whether its first attempt made the change; it was this store's
         # call either way, and the terminal state is written once.
-        return self._get_job(conn, retry, job_id), changed
+        return self._get_job(conn, retry, end.job_id), changed
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -526,25 +513,18 @@ class PostgresStore(SQLStore[Conn, Pool]):
         ]
 
     def _outcome_page(
-        self,
-        conn: Conn,
-        retry: bool,
-        job_id: str,
-        failed: bool | None,
-        after: int,
-        limit: int,
-        max_bytes: int | None,
+        self, conn: Conn, retry: bool, want: OutcomePageRequest
     ) -> tuple[list[OutcomePageRow], bool]:
         params = {
-            "id": job_id,
-            "after": after,
-            "ok": None if failed is None else not failed,
-            "limit": limit + 1,  # one more, to know whether another page follows
-            "budget": max_bytes,
+            "id": want.job_id,
+            "after": want.after,
+            "ok": None if want.failed is None else not want.failed,
+            "limit": want.limit + 1,  # one more, to know whether another page follows
+            "budget": want.max_bytes,
         }
         rows = map(OutcomePageRow._make, self._page(conn, "outcomes", params))
         found = [row for row in rows if row.seq is not None]
-        page = found[:limit]
+        page = found[: want.limit]
         # fetched: how many rows (up to limit + 1) were left, whether or not they fitted
         return page, bool(found) and found[0].fetched > len(page)
 

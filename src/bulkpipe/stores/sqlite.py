@@ -21,7 +21,7 @@ from ..models import Job, JobStatus, ProcessingError
 from ..store import BatchReport, ClaimedBatch, EncodedItem, Lease, Progress, RenewResult
 from ._finish import may_finish
 from ._rows import BatchLease, Counts, FailedItem, JobKey, JobRow, LeasedRow, OutcomeRecord, SpecRow
-from ._sqlbase import SQLStore, progress_of
+from ._sqlbase import ClaimRequest, FinishRequest, OutcomePageRequest, SQLStore, progress_of
 from ._sqlite_errors import hint
 from ._sqlite_schema import expected_schema, schema_objects, statements
 
@@ -314,20 +314,12 @@ class SQLiteStore(SQLStore[Conn, Conn]):
 
     # -- work -------------------------------------------------------------------------------
 
-    def _claim(
-        self,
-        conn: Conn,
-        retry: bool,
-        worker_id: str,
-        lease_seconds: float,
-        job_id: str | None,
-        exclude: list[str],
-        types: list[str] | None,
-    ) -> ClaimedBatch | None:
+    def _claim(self, conn: Conn, retry: bool, want: ClaimRequest) -> ClaimedBatch | None:
         q = self._q
+        job_id = want.job_id
         where: dict[str, Any] = {
-            "types": json.dumps(types) if types is not None else None,
-            "exclude": json.dumps(exclude),
+            "types": json.dumps(want.types) if want.types is not None else None,
+            "exclude": json.dumps(want.exclude),
         }
         if job_id is None:
             # Idle workers poll like this: look first without taking the write lock.
@@ -361,8 +353,8 @@ class SQLiteStore(SQLStore[Conn, Conn]):
                         "job": spec.seq,
                         "batch_no": batch_no,
                         "token": token,
-                        "owner": worker_id,
-                        "expires_at": now + lease_seconds,
+                        "owner": want.worker_id,
+                        "expires_at": now + want.lease_seconds,
                     },
                 ).fetchone()
             )
@@ -486,27 +478,13 @@ class SQLiteStore(SQLStore[Conn, Conn]):
                         {"job": job.seq, "batch_no": lease.batch_no, "token": lease.token},
                     )
 
-    def _finish_job(
-        self,
-        conn: Conn,
-        retry: bool,
-        job_id: str,
-        status: JobStatus,
-        error: ProcessingError | None,
-    ) -> tuple[Job, bool]:
+    def _finish_job(self, conn: Conn, retry: bool, end: FinishRequest) -> tuple[Job, bool]:
+        status, error = end.status, end.error
         with self._transaction(conn):
-            job = self._job_state(conn, job_id).seq
+            job = self._job_state(conn, end.job_id).seq
             now = self._counts(conn, job)
             changed = 0
-            if may_finish(
-                now.status,
-                status,
-                sealed=now.sealed,
-                open_batches=now.open_batches,
-                total=now.total,
-                succeeded=now.succeeded,
-                failed=now.failed,
-            ):
+            if may_finish(now, status):
                 changed = conn.execute(
                     self._q["finish_job"],
                     {
@@ -518,7 +496,7 @@ class SQLiteStore(SQLStore[Conn, Conn]):
                 ).rowcount
             if changed and error is not None:
                 self._keep_errors(conn, job, [error])
-            return self._snapshot(conn, job_id), bool(changed)
+            return self._snapshot(conn, end.job_id), bool(changed)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -552,21 +530,15 @@ class SQLiteStore(SQLStore[Conn, Conn]):
             return [self._job(row, self._errors(conn, row.seq)) for row in rows]
 
     def _outcome_page(
-        self,
-        conn: Conn,
-        retry: bool,
-        job_id: str,
-        failed: bool | None,
-        after: int,
-        limit: int,
-        max_bytes: int | None,
+        self, conn: Conn, retry: bool, want: OutcomePageRequest
     ) -> tuple[list[OutcomeRecord], bool]:
         """A page of outcome rows and whether more follow. With a budget, the sizes are
         stepped through first (one row at a time, no result loaded) to find where the page
         ends, and only the rows up to there are read."""
+        failed, after, limit, max_bytes = want.failed, want.after, want.limit, want.max_bytes
         name = {None: "outcomes_all", True: "outcomes_failed", False: "outcomes_succeeded"}[failed]
         with self._transaction(conn, write=False):
-            job = self._job_state(conn, job_id).seq
+            job = self._job_state(conn, want.job_id).seq
             if max_bytes is not None and limit > 0:
                 through: int | None = None
                 ok = None if failed is None else int(not failed)

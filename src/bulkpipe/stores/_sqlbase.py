@@ -16,7 +16,6 @@ never retries, so it is always False there.
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Protocol, TypeVar
@@ -113,11 +112,6 @@ def error_from_json(entry: Mapping[str, Any]) -> ProcessingError:
         timestamp=datetime.fromtimestamp(entry["at"], UTC),
         retry_count=entry["retry_count"],
     )
-
-
-def errors_json(errors: Sequence[ProcessingError]) -> str:
-    """Job errors as one JSON array."""
-    return json.dumps([error_json(e) for e in errors])
 
 
 def progress_of(counts: HasCounts, lost: tuple[int, ...] = ()) -> Progress:

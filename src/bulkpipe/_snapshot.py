@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -103,37 +103,57 @@ def outcome_from_row(
     )
 
 
-def job_from_row(row: Sequence[Any], errors: list[ProcessingError]) -> Job:
-    """A :class:`Job` from the job columns every SQL store selects, in this order: id, type,
-    status, options (JSON), priority, retry_of, owner, source, params (JSON text or a dict),
-    sealed, total, succeeded, failed, rejected, error_count, created_at, started_at,
-    updated_at, completed_at.
+class JobColumns(Protocol):
+    """The job columns every SQL store selects (``bulkpipe.stores._rows.JobRow``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def options(self) -> str: ...  # JSON text
+    @property
+    def priority(self) -> int: ...
+    @property
+    def retry_of(self) -> str | None: ...
+    @property
+    def owner(self) -> str | None: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def params(self) -> Any: ...  # JSON text, or already decoded
+    @property
+    def sealed(self) -> bool: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def succeeded(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def error_count(self) -> int: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def updated_at(self) -> float | None: ...
+    @property
+    def completed_at(self) -> float | None: ...
+
+
+def job_from_row(row: JobColumns, errors: list[ProcessingError]) -> Job:
+    """A :class:`Job` from the job columns a SQL store selects, read by name.
 
     A row that cannot be read whole still gives a job: options that do not validate give the
     default options, params that are not JSON give None, and the snapshot's errors start with
     one :data:`UNREADABLE_JOB` error saying what could not be read."""
-    (
-        job_id,
-        type_,
-        status,
-        options,
-        priority,
-        retry_of,
-        owner,
-        source,
-        params,
-        sealed,
-        total,
-        succeeded,
-        failed,
-        rejected,
-        error_count,
-        created_at,
-        started_at,
-        updated_at,
-        completed_at,
-    ) = row
-    opts, problem = read_options(options)
+    params, error_count, created_at = row.params, row.error_count, row.created_at
+    opts, problem = read_options(row.options)
     if isinstance(params, str):
         try:
             params = json.loads(params)
@@ -151,26 +171,26 @@ def job_from_row(row: Sequence[Any], errors: list[ProcessingError]) -> Job:
         errors = [unreadable, *errors][:MAX_ERRORS]
         error_count += 1
     return build_job(
-        id=job_id,
-        type=type_,
-        status=JobStatus(status),
+        id=row.id,
+        type=row.type,
+        status=JobStatus(row.status),
         options=opts,
-        priority=priority,
-        retry_of=retry_of,
-        owner=owner,
-        source=source,
+        priority=row.priority,
+        retry_of=row.retry_of,
+        owner=row.owner,
+        source=row.source,
         params=params,
-        sealed=bool(sealed),
-        total=total,
-        succeeded=succeeded,
-        failed=failed,
-        rejected=rejected,
+        sealed=bool(row.sealed),
+        total=row.total,
+        succeeded=row.succeeded,
+        failed=row.failed,
+        rejected=row.rejected,
         errors=errors,
         error_count=error_count,
         created_at=created_at,
-        started_at=started_at,
-        updated_at=updated_at,
-        completed_at=completed_at,
+        started_at=row.started_at,
+        updated_at=row.updated_at,
+        completed_at=row.completed_at,
     )
 
 

@@ -81,7 +81,8 @@ class BatchReport:
 
 @attrs.frozen(kw_only=True)
 class Progress:
-    """A job's counts after a write, for the scheduler to decide what happens next."""
+    """A job's counts (after a write, or read with ``progress``), for the scheduler to decide
+    what happens next."""
 
     status: JobStatus
     sealed: bool
@@ -166,7 +167,15 @@ class JobStore(Protocol):
     async def record(self, job_id: str, reports: Sequence[BatchReport]) -> Progress:
         """Store outcomes, fenced: a report whose lease token is not current is refused and
         listed in ``Progress.lost``. An item keeps its first final outcome. Nothing is
-        recorded for a terminal job. Outcomes are durable before they are counted."""
+        recorded for a terminal job. Outcomes are durable before they are counted.
+
+        ``record(job_id, [])`` writes nothing and answers as :meth:`progress` does; read
+        progress with :meth:`progress`."""
+
+    async def progress(self, job_id: str) -> Progress:
+        """A job's counts as they are now, without writing anything (``lost`` is empty);
+        :class:`bulkpipe.JobNotFound` for an unknown id. This is how the scheduler reads
+        whether a job's work is done."""
 
     async def renew_leases(
         self, worker_id: str, leases: Sequence[Lease], lease_seconds: float

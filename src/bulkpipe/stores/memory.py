@@ -25,6 +25,7 @@ from ..store import (
     Progress,
     RenewResult,
 )
+from ._finish import check_finish_status, may_finish
 
 _PENDING, _LEASED, _DONE = 0, 1, 2
 
@@ -262,6 +263,9 @@ class MemoryStore:
                 return batch
         return None
 
+    async def progress(self, job_id: str) -> Progress:
+        return self._job(job_id).progress()
+
     async def record(self, job_id: str, reports: Sequence[BatchReport]) -> Progress:
         job = self._job(job_id)
         if job.status.is_terminal:
@@ -289,7 +293,7 @@ class MemoryStore:
                 batch.owner = None
                 del job.leased[batch.no]
                 job.open_batches -= 1
-        if reports:  # an empty record is a read
+        if reports:  # an empty record is a read, as progress() is
             job.updated_at = now
         return job.progress(tuple(lost))
 
@@ -361,10 +365,9 @@ class MemoryStore:
     async def finish_job(
         self, job_id: str, status: JobStatus, error: ProcessingError | None = None
     ) -> tuple[Job, bool]:
-        if not status.is_terminal:
-            raise ValueError(f"finish_job needs a terminal status, not {status}")
+        check_finish_status(status)
         job = self._job(job_id)
-        if job.status.is_terminal or (status is JobStatus.COMPLETED and not _complete(job)):
+        if not may_finish(job, status):
             return job.snapshot(), False
         now = time.time()
         if error is not None:
@@ -430,7 +433,9 @@ class MemoryStore:
                 rows.append(outcome_from_row(*row))
                 i += 1
             more = i < len(positions)
-            return Page(rows=rows, cursor=positions[i - 1] + 1 if more and rows else None)
+            # A page that leaves rows (even one of limit=0, with none) never ends the reading.
+            last = positions[i - 1] + 1 if rows else start
+            return Page(rows=rows, cursor=last if more else None)
         pos = start
         while pos < len(outcomes) and len(rows) < limit:
             row = outcomes[pos]
@@ -465,8 +470,3 @@ def _size(row: OutcomeRow) -> int:
             # isascii() is O(1); only other text is encoded (surrogatepass: never raises)
             size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     return size
-
-
-def _complete(job: _Job) -> bool:
-    """Whether every item of the job is in and has its outcome, and every batch is closed."""
-    return job.sealed and not job.open_batches and job.succeeded + job.failed == job.total

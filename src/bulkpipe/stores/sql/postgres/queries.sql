@@ -19,7 +19,7 @@ SELECT
 SELECT value FROM {prefix}meta WHERE key = 'schema_version'
 
 -- name: set_schema_version --
-INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', %(version)s)
+INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', %(version)s::text)
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 
 -- name: durable_commit --
@@ -385,22 +385,23 @@ SET status = %(status)s,
     END,
     error_count = j.error_count + (%(error)s::jsonb IS NOT NULL)::int
 WHERE j.id = %(id)s AND j.status IN ('pending', 'processing')
-  -- A job completes only once every item is in and has its outcome, every batch closed.
+  -- A job completes only once every item is in and has its outcome, every batch closed
+  -- (the rule of bulkpipe.stores._finish.may_complete, checked here in the same step).
   AND (%(status)s::text <> 'completed'
        OR (j.sealed AND j.open_batches = 0 AND j.succeeded + j.failed = j.total))
 RETURNING j.seq
 
 -- name: get_job --
-SELECT id, type, status, options::text, priority, retry_of, owner, source, params, sealed,
-    total, succeeded, failed, rejected, error_count, errors, created_at, started_at,
-    updated_at, completed_at
+SELECT seq, id, type, status, options::text, priority, retry_of, owner, source, params,
+    sealed, total, succeeded, failed, rejected, error_count, created_at, started_at,
+    updated_at, completed_at, errors
 FROM {prefix}jobs
 WHERE id = %(id)s
 
 -- name: list_jobs --
-SELECT id, type, status, options::text, priority, retry_of, owner, source, params, sealed,
-    total, succeeded, failed, rejected, error_count, errors, created_at, started_at,
-    updated_at, completed_at
+SELECT seq, id, type, status, options::text, priority, retry_of, owner, source, params,
+    sealed, total, succeeded, failed, rejected, error_count, created_at, started_at,
+    updated_at, completed_at, errors
 FROM {prefix}jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
@@ -414,8 +415,8 @@ LIMIT %(limit)s OFFSET %(offset)s
 -- over it, keeping at least the first row. The sizes come from octet_length, which reads a
 -- TOASTed value's header, not the value, so the rows left out are never loaded. `fetched` is
 -- how many rows the page could have held (up to limit), to tell whether more follow.
-SELECT o.id, o.item_id, o.ok, o.result, o.error, o.error_type, o.attempts, o.started_at,
-    o.finished_at, p.fetched
+SELECT o.id AS seq, o.item_id, o.ok, o.result, o.error, o.error_type, o.attempts,
+    o.started_at, o.finished_at, p.fetched
 FROM {prefix}jobs AS j
 LEFT JOIN LATERAL (
     SELECT s.id, count(*) OVER () AS fetched, row_number() OVER w AS n,
@@ -437,7 +438,7 @@ ORDER BY p.id
 
 -- name: failed_items --
 -- The items whose outcome failed, in the same shape as the outcomes query.
-SELECT f.id, f.item_id, f.payload
+SELECT f.id AS seq, f.item_id, f.payload
 FROM {prefix}jobs AS j
 LEFT JOIN LATERAL (
     SELECT o.id, i.item_id, i.payload

@@ -58,7 +58,8 @@ INSERT INTO {prefix}jobs (
 )
 
 -- name: job_state --
-SELECT seq, status, sealed, next_batch FROM {prefix}jobs WHERE id = :id
+-- The same shape as PostgreSQL's (bulkpipe.stores._rows.JobState); SQLite keeps no last_request.
+SELECT seq, status, sealed, next_batch, NULL AS last_request FROM {prefix}jobs WHERE id = :id
 
 -- name: last_item --
 SELECT coalesce(max(seq), 0) FROM {prefix}items
@@ -98,10 +99,10 @@ VALUES (?, ?, ?, ?, ?, ?)
 UPDATE {prefix}jobs SET sealed = 1 WHERE seq = :job
 
 -- name: progress --
-SELECT status, sealed, total, succeeded, failed, open_batches FROM {prefix}jobs WHERE seq = :job
-
--- name: progress_by_id --
 SELECT status, sealed, total, succeeded, failed, open_batches FROM {prefix}jobs WHERE id = :id
+
+-- name: progress_by_seq --
+SELECT status, sealed, total, succeeded, failed, open_batches FROM {prefix}jobs WHERE seq = :job
 
 -- == claiming =================================================================================
 
@@ -235,14 +236,17 @@ UPDATE {prefix}jobs
 SET status = :status, completed_at = :now, updated_at = :now,
     started_at = coalesce(started_at, :now), error_count = error_count + :errors
 WHERE seq = :job AND status IN ('pending', 'processing')
-  -- A job completes only once every item is in and has its outcome, every batch closed.
+  -- A job completes only once every item is in and has its outcome, every batch closed
+  -- (the rule of bulkpipe.stores._finish.may_complete, checked here in the same step).
   AND (:status <> 'completed' OR (sealed AND open_batches = 0 AND succeeded + failed = total))
 
 -- == reading ==================================================================================
 
 -- name: job_row --
+-- The errors column is PostgreSQL's; SQLite reads a job's errors apart (job_errors).
 SELECT seq, id, type, status, options, priority, retry_of, owner, source, params, sealed, total,
-    succeeded, failed, rejected, error_count, created_at, started_at, updated_at, completed_at
+    succeeded, failed, rejected, error_count, created_at, started_at, updated_at, completed_at,
+    NULL AS errors
 FROM {prefix}jobs
 WHERE id = :id
 
@@ -253,8 +257,10 @@ ORDER BY seq
 LIMIT :limit
 
 -- name: list_jobs --
+-- The errors column is PostgreSQL's; SQLite reads a job's errors apart (job_errors).
 SELECT seq, id, type, status, options, priority, retry_of, owner, source, params, sealed, total,
-    succeeded, failed, rejected, error_count, created_at, started_at, updated_at, completed_at
+    succeeded, failed, rejected, error_count, created_at, started_at, updated_at, completed_at,
+    NULL AS errors
 FROM {prefix}jobs
 WHERE (:status IS NULL OR status = :status) AND (:owner IS NULL OR owner = :owner)
 ORDER BY seq DESC

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulkpipe import JobStatus, Pipeline
+from bulkpipe import ErrorType, JobStatus, Pipeline
 from bulkpipe.http import create_app
-from bulkpipe.items import INVALID_ITEM, MAX_ID_BYTES, encode_items
+from bulkpipe.items import MAX_ID_BYTES, encode_items
 from bulkpipe.store import JobStore
 from bulkpipe.stores import MemoryStore, SQLiteStore
 from bulkpipe.stores.postgres import PostgresStore
@@ -91,7 +91,7 @@ async def test_each_bad_item_is_refused_and_the_good_ones_run(store: JobStore) -
         assert set(outcomes) == {str(item["id"]) for item in GOOD}
         assert outcomes["nul-in-payload"].result == {"v": "a\x00b"}
         assert outcomes["é" * (MAX_ID_BYTES // 2)].result == {"v": "ünïcødé ✓ 𝄞"}
-        errors = [e for e in job.errors if e.error_type == INVALID_ITEM]
+        errors = [e for e in job.errors if e.error_type == ErrorType.INVALID_ITEM]
         assert len(errors) == len(BAD)
         for error, (label, _, words) in zip(errors, BAD, strict=True):
             assert words in error.error, (label, error.error)

@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bulkpipe import (
+    ErrorType,
     InvalidArgument,
     ItemStatus,
     Job,
@@ -35,13 +36,7 @@ from bulkpipe import (
     Pipeline,
     Worker,
 )
-from bulkpipe._snapshot import (
-    UNREADABLE_JOB,
-    UNREADABLE_RESULT,
-    job_spec,
-    outcome_from_row,
-    read_options,
-)
+from bulkpipe._snapshot import job_spec, outcome_from_row, read_options
 from bulkpipe.cli import cli
 from bulkpipe.http import create_app
 from bulkpipe.stores import MemoryStore, open_store
@@ -121,7 +116,11 @@ async def finished(url: str, items: list[dict[str, Any]]) -> Job:
 
 def unreadable(job: Job) -> str:
     """The UnreadableJob error of a job snapshot (the test fails if there is none)."""
-    found = [e.error for e in job.errors if e.error_type == UNREADABLE_JOB and e.item_id is None]
+    found = [
+        e.error
+        for e in job.errors
+        if e.error_type == ErrorType.UNREADABLE_JOB and e.item_id is None
+    ]
     assert len(found) == 1, job.errors
     return found[0]
 
@@ -245,7 +244,7 @@ async def test_an_unreadable_job_fails_on_memory_store_claims_too() -> None:
         await worker._run_claimed(broken)
         got = await pipeline.get(job.id)
     assert got.status is JobStatus.FAILED
-    assert got.errors[0].error_type == UNREADABLE_JOB
+    assert got.errors[0].error_type == ErrorType.UNREADABLE_JOB
 
 
 async def test_a_server_with_in_process_workers_keeps_serving(store_url: str) -> None:
@@ -270,7 +269,7 @@ async def test_a_server_with_in_process_workers_keeps_serving(store_url: str) ->
             await eventually(both_ended, "both jobs to end")
             got = (await client.get(f"/jobs/{bad.id}")).json()
             assert got["status"] == "failed"
-            assert got["errors"][0]["error_type"] == UNREADABLE_JOB
+            assert got["errors"][0]["error_type"] == ErrorType.UNREADABLE_JOB
             assert (await client.get(f"/jobs/{new}")).json()["status"] == "completed"
 
 
@@ -315,8 +314,10 @@ async def test_cli_list_status_and_cancel_work_on_an_unreadable_job(store_url: s
         assert result.exit_code == 0, result.output
     assert [j["id"] for j in json.loads(listed.stdout)] == [job.id]
     assert job.id[:8] in table.stdout
-    assert UNREADABLE_JOB in status.stdout
-    assert Job.model_validate_json(status_json.stdout).errors[0].error_type == UNREADABLE_JOB
+    assert ErrorType.UNREADABLE_JOB in status.stdout
+    assert (
+        Job.model_validate_json(status_json.stdout).errors[0].error_type == ErrorType.UNREADABLE_JOB
+    )
     assert f"cancelled job {job.id}" in cancelled.stdout
 
 
@@ -334,7 +335,7 @@ def check_outcomes(outcomes: list[dict[str, Any]]) -> None:
         bad = by_id[item_id]
         assert bad["status"] == ItemStatus.SUCCEEDED.value  # it did succeed; its result is lost
         assert bad["result"] is None
-        assert bad["error_type"] == UNREADABLE_RESULT
+        assert bad["error_type"] == ErrorType.UNREADABLE_RESULT
         assert "cannot be decoded" in bad["error"]
         assert item_id in bad["error"]
     assert by_id["i3"]["status"] == "failed"

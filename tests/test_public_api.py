@@ -20,6 +20,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 EXPECTED = {
     "BatchProcessor",
     "BulkpipeError",
+    "ErrorType",
     "InvalidArgument",
     "ItemOutcome",
     "ItemProcessor",
@@ -165,3 +166,22 @@ def test_the_memory_store_is_public_and_satisfies_the_protocol() -> None:
 @pytest.mark.parametrize("name", ["Pipeline", "Worker", "JobOptions", "Job", "ItemOutcome"])
 def test_core_classes_live_in_bulkpipe(name: str) -> None:
     assert getattr(bulkpipe, name).__module__.startswith("bulkpipe.")
+
+
+def test_error_types_keep_their_stored_strings() -> None:
+    # Stored outcomes and job errors hold these strings; a renamed value would orphan them.
+    assert {member.name: member.value for member in bulkpipe.ErrorType} == {
+        "INVALID_ITEM": "InvalidItem",
+        "INVALID_RESULT": "InvalidResult",
+        "BATCH_TIMEOUT": "BatchTimeout",
+        "PROCESSOR_ABORTED": "ProcessorAborted",
+        "BATCH_KEPT_CRASHING": "BatchKeptCrashing",
+        "UNREADABLE_ITEM": "UnreadableItem",
+        "UNREADABLE_JOB": "UnreadableJob",
+        "UNREADABLE_RESULT": "UnreadableResult",
+        "FAILURE_RATIO_EXCEEDED": "FailureRatioExceeded",
+        "PROCESSOR_SETUP_ERROR": "ProcessorSetupError",
+        "ITEM_SOURCE_ERROR": "ItemSourceError",
+        "SUBMIT_CANCELLED": "SubmitCancelled",
+    }
+    assert bulkpipe.ErrorType.INVALID_RESULT == "InvalidResult"

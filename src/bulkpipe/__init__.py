@@ -1,5 +1,6 @@
 """bulkpipe: bulk item processing with bounded concurrency, retries, progress and durable stores."""
 
+from .error_types import ErrorType
 from .errors import (
     BulkpipeError,
     InvalidArgument,
@@ -28,6 +29,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "BatchProcessor",
     "BulkpipeError",
+    "ErrorType",
     "InvalidArgument",
     "ItemOutcome",
     "ItemProcessor",

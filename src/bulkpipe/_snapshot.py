@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from .error_types import ErrorType
 from .models import ItemOutcome, ItemStatus, Job, JobStatus, JobSummary, ProcessingError
 from .options import JobOptions
 from .store import JobSpec, OutcomeRow
@@ -17,15 +18,8 @@ from .store import JobSpec, OutcomeRow
 #: How many errors a job snapshot lists; ``error_count`` has the total.
 MAX_ERRORS = 100
 
-#: Error type of a job whose stored row cannot be read (its options do not validate, or its
-#: params are not JSON): its snapshot lists this error, and a worker that claims it fails it.
-UNREADABLE_JOB = "UnreadableJob"
-
 #: How an UnreadableJob error about the options begins (the snapshot then has default options).
 OPTIONS_UNREADABLE = "the job's stored options cannot be read"
-
-#: Error type of an outcome whose stored result cannot be decoded; its ``result`` is None.
-UNREADABLE_RESULT = "UnreadableResult"
 
 
 def to_datetime(ts: float | None) -> datetime | None:
@@ -85,12 +79,13 @@ def outcome_from_row(
 ) -> ItemOutcome:
     """An :class:`ItemOutcome` from stored outcome columns (``OutcomeRow`` order). A result
     that cannot be decoded gives a succeeded outcome with no result, flagged with
-    ``error_type`` :data:`UNREADABLE_RESULT` and an ``error`` saying why, instead of raising."""
+    ``error_type`` ``ErrorType.UNREADABLE_RESULT`` and an ``error`` saying why, instead of
+    raising."""
     value = None
     if ok and result is not None:
         value, problem = _decode_result(item_id, result)
         if problem is not None:
-            error, error_type = problem, UNREADABLE_RESULT
+            error, error_type = problem, ErrorType.UNREADABLE_RESULT
     return ItemOutcome(
         item_id=item_id,
         status=ItemStatus.SUCCEEDED if ok else ItemStatus.FAILED,
@@ -151,7 +146,7 @@ def job_from_row(row: JobColumns, errors: list[ProcessingError]) -> Job:
 
     A row that cannot be read whole still gives a job: options that do not validate give the
     default options, params that are not JSON give None, and the snapshot's errors start with
-    one :data:`UNREADABLE_JOB` error saying what could not be read."""
+    one ``ErrorType.UNREADABLE_JOB`` error saying what could not be read."""
     params, error_count, created_at = row.params, row.error_count, row.created_at
     opts, problem = read_options(row.options)
     if isinstance(params, str):
@@ -162,11 +157,11 @@ def job_from_row(row: JobColumns, errors: list[ProcessingError]) -> Job:
             problem = (problem + "; " if problem else "") + (
                 f"the job's stored params cannot be read ({type(exc).__name__}: {exc})"
             )
-    if problem is not None and not any(e.error_type == UNREADABLE_JOB for e in errors):
+    if problem is not None and not any(e.error_type == ErrorType.UNREADABLE_JOB for e in errors):
         # Not recorded yet (a worker records it when it fails the job): shown, not stored.
         when = datetime.fromtimestamp(created_at, UTC)
         unreadable = ProcessingError(
-            item_id=None, error=problem, error_type=UNREADABLE_JOB, timestamp=when
+            item_id=None, error=problem, error_type=ErrorType.UNREADABLE_JOB, timestamp=when
         )
         errors = [unreadable, *errors][:MAX_ERRORS]
         error_count += 1

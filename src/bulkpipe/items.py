@@ -8,13 +8,12 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
+from .error_types import ErrorType
 from .models import ProcessingError
 from .store import EncodedItem
 
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode
-
-INVALID_ITEM = "InvalidItem"
 
 #: The longest item id accepted, in bytes of UTF-8 (so 1,000 ASCII characters). Every store
 #: indexes ids; PostgreSQL's btree refuses keys of more than about 2,700 bytes.
@@ -37,7 +36,7 @@ def _reject(position: int, item_id: str | None, reason: str) -> ProcessingError:
     return ProcessingError(
         item_id=item_id,
         error=f"item #{position} rejected: {reason}",
-        error_type=INVALID_ITEM,
+        error_type=ErrorType.INVALID_ITEM,
         timestamp=datetime.now(UTC),
     )
 
@@ -143,7 +142,7 @@ def duplicate_errors(ids: Sequence[str], id_key: str) -> list[ProcessingError]:
         ProcessingError(
             item_id=item_id,
             error=f"item rejected: repeated {id_key} {item_id!r}; the first item with it is kept",
-            error_type=INVALID_ITEM,
+            error_type=ErrorType.INVALID_ITEM,
             timestamp=now,
         )
         for item_id in ids

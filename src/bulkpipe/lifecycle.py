@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from .error_types import ErrorType
 from .models import Job, JobStatus, ProcessingError
 from .store import JobStore, Progress
 
 log = logging.getLogger("bulkpipe.lifecycle")
-
-FAILURE_RATIO_EXCEEDED = "FailureRatioExceeded"
 
 
 async def settle(store: JobStore, job_id: str, progress: Progress) -> Job | None:
@@ -40,6 +39,6 @@ def failure_ratio_exceeded(progress: Progress, ratio: float | None) -> Processin
             f"{progress.failed} of {progress.total} items failed, reaching "
             f"max_failure_ratio={ratio:g}; the job was stopped"
         ),
-        error_type=FAILURE_RATIO_EXCEEDED,
+        error_type=ErrorType.FAILURE_RATIO_EXCEEDED,
         timestamp=datetime.now(UTC),
     )

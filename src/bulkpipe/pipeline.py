@@ -16,7 +16,8 @@ import anyio
 from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
-from ._snapshot import OPTIONS_UNREADABLE, UNREADABLE_JOB
+from ._snapshot import OPTIONS_UNREADABLE
+from .error_types import ErrorType
 from .errors import (
     InvalidArgument,
     ItemSourceError,
@@ -335,7 +336,7 @@ class Pipeline:
             await self._abandon(
                 job_id,
                 f"reading the items failed after {position} items: {type(exc).__name__}: {exc}",
-                "ItemSourceError",
+                ErrorType.ITEM_SOURCE_ERROR,
             )
             raise ItemSourceError(job_id, exc) from exc
         except BaseException:
@@ -345,7 +346,7 @@ class Pipeline:
                 await self._abandon(
                     job_id,
                     f"the submit call was cancelled after {position} items",
-                    "SubmitCancelled",
+                    ErrorType.SUBMIT_CANCELLED,
                 )
             raise
         await self._seal(job_id)
@@ -544,7 +545,7 @@ def _unreadable(job: Job) -> bool:
     """True if the job's stored options could not be read (its snapshot has default ones)."""
     return any(
         e.item_id is None
-        and e.error_type == UNREADABLE_JOB
+        and e.error_type == ErrorType.UNREADABLE_JOB
         and e.error.startswith(OPTIONS_UNREADABLE)
         for e in job.errors
     )

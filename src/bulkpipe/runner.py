@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from .error_types import ErrorType
 from .errors import PermanentError
 from .items import decode_payloads
 from .lifecycle import failure_ratio_exceeded, settle
@@ -34,16 +35,6 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 log = logging.getLogger("bulkpipe.runner")
-
-INVALID_RESULT = "InvalidResult"
-BATCH_TIMEOUT = "BatchTimeout"
-#: A processor raised (or process_batch returned) a BaseException that is neither an Exception
-#: nor a cancellation (KeyboardInterrupt, SystemExit, GeneratorExit, a custom one); not retried.
-PROCESSOR_ABORTED = "ProcessorAborted"
-#: The item's stored payload could not be decoded; it was never run.
-UNREADABLE_ITEM = "UnreadableItem"
-#: The batch was claimed more than JobOptions.max_claims times: its workers kept dying on it.
-BATCH_KEPT_CRASHING = "BatchKeptCrashing"
 
 
 class OpenBatch:
@@ -71,7 +62,9 @@ class OpenBatch:
         if abandon is not None:
             now = time.time()
             self.rows = [
-                OutcomeRow(item_id, False, None, abandon, BATCH_KEPT_CRASHING, 0, now, now)
+                OutcomeRow(
+                    item_id, False, None, abandon, ErrorType.BATCH_KEPT_CRASHING, 0, now, now
+                )
                 for item_id, _ in claimed.items
             ]
             self.ids: list[str] = []
@@ -108,7 +101,14 @@ class OpenBatch:
                 )
                 self.rows.append(
                     OutcomeRow(
-                        item_id, False, None, storable_text(message), UNREADABLE_ITEM, 0, now, now
+                        item_id,
+                        False,
+                        None,
+                        storable_text(message),
+                        ErrorType.UNREADABLE_ITEM,
+                        0,
+                        now,
+                        now,
                     )
                 )
                 continue
@@ -161,7 +161,7 @@ def _failed(
         "not an Exception; the item failed without retries. Raise an Exception to fail an "
         "item (PermanentError to skip retries)"
     )
-    return _fail(item_id, message, PROCESSOR_ABORTED, attempts, started)
+    return _fail(item_id, message, ErrorType.PROCESSOR_ABORTED, attempts, started)
 
 
 def _fail(
@@ -183,7 +183,7 @@ def _encode_result(item_id: str, result: Any, attempts: int, started: float) -> 
             f"{describe(exc)}); return dicts with string keys, lists, strings (valid "
             "Unicode: no lone surrogates), finite numbers, booleans or None, not nested "
             "hundreds of levels deep",
-            INVALID_RESULT,
+            ErrorType.INVALID_RESULT,
             attempts,
             started,
         )
@@ -539,7 +539,14 @@ class JobRunner:
         batch.next = len(batch.items)
         batch.rows.extend(
             OutcomeRow(
-                batch.ids[i], False, None, message, BATCH_TIMEOUT, attempts, started or now, now
+                batch.ids[i],
+                False,
+                None,
+                message,
+                ErrorType.BATCH_TIMEOUT,
+                attempts,
+                started or now,
+                now,
             )
             for i in indexes
         )
@@ -618,7 +625,7 @@ class JobRunner:
                         listed = _result_list(results, len(pending))
                     if isinstance(listed, str):
                         final = [
-                            _fail(batch.ids[i], listed, INVALID_RESULT, attempt, started)
+                            _fail(batch.ids[i], listed, ErrorType.INVALID_RESULT, attempt, started)
                             for i in pending
                         ]
                         pending = []

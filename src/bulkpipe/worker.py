@@ -15,7 +15,7 @@ from typing import TypeVar
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._snapshot import UNREADABLE_JOB
+from .error_types import ErrorType
 from .errors import InvalidArgument, StoreError
 from .gate import PriorityGate
 from .heartbeat import HeartbeatThread
@@ -345,7 +345,7 @@ class Worker:
                 ProcessingError(
                     item_id=None,
                     error=spec.options_error,
-                    error_type=UNREADABLE_JOB,
+                    error_type=ErrorType.UNREADABLE_JOB,
                     timestamp=datetime.now(UTC),
                 ),
             )
@@ -361,7 +361,7 @@ class Worker:
             error = ProcessingError(
                 item_id=None,
                 error=f"processor {spec.type!r} could not be set up: {type(exc).__name__}: {exc}",
-                error_type="ProcessorSetupError",
+                error_type=ErrorType.PROCESSOR_SETUP_ERROR,
                 timestamp=datetime.now(UTC),
             )
             await self.until_answered(

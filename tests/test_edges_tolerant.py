@@ -160,6 +160,22 @@ async def test_options_that_are_not_json_at_all_are_read_too(tmp_path: Any) -> N
         assert "stored options cannot be read" in unreadable(await pipeline.get(job.id))
 
 
+async def test_a_status_bulkpipe_does_not_know_is_read_as_failed(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"  # PostgreSQL's CHECK constraint refuses it
+    job = await submitted(url)
+    execute(url, "UPDATE {p}jobs SET status = 'paused' WHERE id = :id", id=job.id)
+    async with pipeline_on(url) as pipeline:
+        got = await pipeline.get(job.id)
+        listed = await pipeline.list_jobs()
+    assert got.status is JobStatus.FAILED
+    assert "stored status 'paused'" in unreadable(got)
+    assert [j.id for j in listed] == [job.id]
+    result = await anyio.to_thread.run_sync(
+        lambda: CliRunner().invoke(cli, ["list", "--store", url])
+    )
+    assert result.exit_code == 0, result.output
+
+
 async def test_params_that_are_not_json_are_read_as_none(tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
 

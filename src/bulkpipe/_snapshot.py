@@ -145,8 +145,9 @@ def job_from_row(row: JobColumns, errors: list[ProcessingError]) -> Job:
     """A :class:`Job` from the job columns a SQL store selects, read by name.
 
     A row that cannot be read whole still gives a job: options that do not validate give the
-    default options, params that are not JSON give None, and the snapshot's errors start with
-    one ``ErrorType.UNREADABLE_JOB`` error saying what could not be read."""
+    default options, params that are not JSON give None, a status bulkpipe does not know reads
+    as ``failed``, and the snapshot's errors start with one ``ErrorType.UNREADABLE_JOB`` error
+    saying what could not be read."""
     params, error_count, created_at = row.params, row.error_count, row.created_at
     opts, problem = read_options(row.options)
     if isinstance(params, str):
@@ -157,6 +158,13 @@ def job_from_row(row: JobColumns, errors: list[ProcessingError]) -> Job:
             problem = (problem + "; " if problem else "") + (
                 f"the job's stored params cannot be read ({type(exc).__name__}: {exc})"
             )
+    try:
+        status = JobStatus(row.status)
+    except ValueError:  # a hand-edited row: no worker claims it, but it is still listed
+        status = JobStatus.FAILED
+        problem = (problem + "; " if problem else "") + (
+            f"the job's stored status {row.status!r} is not one bulkpipe knows"
+        )
     if problem is not None and not any(e.error_type == ErrorType.UNREADABLE_JOB for e in errors):
         # Not recorded yet (a worker records it when it fails the job): shown, not stored.
         when = datetime.fromtimestamp(created_at, UTC)
@@ -168,7 +176,7 @@ def job_from_row(row: JobColumns, errors: list[ProcessingError]) -> Job:
     return build_job(
         id=row.id,
         type=row.type,
-        status=JobStatus(row.status),
+        status=status,
         options=opts,
         priority=row.priority,
         retry_of=row.retry_of,

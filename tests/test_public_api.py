@@ -22,6 +22,7 @@ EXPECTED = {
     "BulkpipeError",
     "ErrorType",
     "InvalidArgument",
+    "InvalidArgumentType",
     "ItemOutcome",
     "ItemProcessor",
     "ItemSourceError",

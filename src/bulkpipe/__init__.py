@@ -4,6 +4,7 @@ from .error_types import ErrorType
 from .errors import (
     BulkpipeError,
     InvalidArgument,
+    InvalidArgumentType,
     ItemSourceError,
     JobNotCancellable,
     JobNotFinished,
@@ -31,6 +32,7 @@ __all__ = [
     "BulkpipeError",
     "ErrorType",
     "InvalidArgument",
+    "InvalidArgumentType",
     "ItemOutcome",
     "ItemProcessor",
     "ItemSourceError",

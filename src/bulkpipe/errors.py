@@ -79,6 +79,13 @@ class InvalidArgument(BulkpipeError, ValueError):
     """A call's arguments are wrong (for example both items and a source, or an unknown status)."""
 
 
+class InvalidArgumentType(InvalidArgument, TypeError):
+    """An argument is of the wrong kind (a class where an instance is wanted, a name not a str).
+
+    It is an :class:`InvalidArgument` and, as before, a :class:`TypeError`.
+    """
+
+
 class ItemSourceError(BulkpipeError):
     """The iterable or source that produced a job's items raised; the job was marked failed."""
 

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from .. import __version__
-from ..errors import InvalidArgument, ItemSourceError, JobNotFound
+from ..errors import InvalidArgument, InvalidArgumentType, ItemSourceError, JobNotFound
 from ..models import ItemStatus, Job, JobStatus
 from ..pipeline import OUTCOME_PAGE_BYTES, Pipeline
 from ..store import JobStore
@@ -108,9 +108,10 @@ def create_app(
                 yield
 
     else:
-        raise TypeError(
+        raise InvalidArgumentType(
             "create_app needs a bulkpipe Pipeline or JobStore, not "
-            f"{type(pipeline_or_store).__name__}"
+            f"{type(pipeline_or_store).__name__}; pass the Pipeline to serve, or a store "
+            "(e.g. MemoryStore()) to serve with a pipeline of its own"
         )
     app = FastAPI(
         title=title,

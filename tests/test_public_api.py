@@ -35,7 +35,6 @@ EXPECTED = {
     "JobStatus",
     "JobStore",
     "JobSummary",
-    "LeaseLost",
     "NothingToRetry",
     "PermanentError",
     "Pipeline",

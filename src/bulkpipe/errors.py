@@ -105,10 +105,6 @@ class StoreError(BulkpipeError):
     """The job store failed; the message names the store and what to check."""
 
 
-class LeaseLost(StoreError):
-    """A batch lease expired and another worker claimed it; this worker's results were refused."""
-
-
 class WaitTimeout(BulkpipeError, TimeoutError):
     """The job did not reach a terminal status within the timeout."""
 

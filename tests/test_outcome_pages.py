@@ -282,12 +282,13 @@ async def test_the_server_reads_pages_in_bounded_memory(store: JobStore) -> None
 async def test_ndjson_lines_are_sent_in_chunks(store: JobStore) -> None:
     rows = [ok_row(f"r-{n}", n) for n in range(3000)]
     job_id = await job_with(store, rows)
-    chunks = [
-        chunk
-        async for chunk in outcome_lines(
-            store, job_id, failed=None, cursor=None, page_size=1000, page_bytes=None
-        )
-    ]
+    async with Pipeline(store, workers=0) as pipeline:
+        chunks = [
+            chunk
+            async for chunk in outcome_lines(
+                pipeline, job_id, status=None, cursor=None, page_size=1000, page_bytes=None
+            )
+        ]
     lines = b"".join(chunks).splitlines()
     assert [json.loads(line)["item_id"] for line in lines] == [row.item_id for row in rows]
     assert 3 < len(chunks) < 100  # neither one send per line nor one per whole stream

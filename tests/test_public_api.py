@@ -36,6 +36,7 @@ EXPECTED = {
     "JobStore",
     "JobSummary",
     "NothingToRetry",
+    "Page",
     "PermanentError",
     "Pipeline",
     "PipelineClosed",

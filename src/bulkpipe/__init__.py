@@ -21,7 +21,7 @@ from .models import ItemOutcome, ItemStatus, Job, JobStatus, JobSummary, Process
 from .options import JobOptions
 from .pipeline import Pipeline, Source
 from .processors import BatchProcessor, ItemProcessor, ProcessorLike
-from .store import JobStore
+from .store import JobStore, Page
 from .worker import Worker
 
 __version__ = "0.1.0.dev0"
@@ -45,6 +45,7 @@ __all__ = [
     "JobStore",
     "JobSummary",
     "NothingToRetry",
+    "Page",
     "PermanentError",
     "Pipeline",
     "PipelineClosed",

@@ -286,21 +286,20 @@ class _Routes:
             ] = OUTCOME_PAGE_BYTES,
         ) -> OutcomePage | Response:
             await self.visible(job_id, principal)
-            failed = None if status is None else status is ItemStatus.FAILED
             start = int(cursor) if cursor is not None else None
             accept = request.headers.get("accept", "")
             if any(kind in accept for kind in NDJSON_TYPES):
                 lines = outcome_lines(
-                    pipeline.store,
+                    pipeline,
                     job_id,
-                    failed=failed,
+                    status=status,
                     cursor=start,
                     page_size=limit,
                     page_bytes=max_bytes,
                 )
                 return StreamingResponse(lines, media_type=NDJSON_TYPES[0])
-            page = await pipeline.store.read_outcomes(
-                job_id, failed=failed, cursor=start, limit=limit, max_bytes=max_bytes
+            page = await pipeline.outcome_page(
+                job_id, status=status, cursor=start, limit=limit, max_bytes=max_bytes
             )
             body = OutcomePage(
                 outcomes=page.rows,

@@ -507,13 +507,9 @@ class Pipeline:
             if status is None
             else _parse_status(ItemStatus, status, "item") is ItemStatus.FAILED
         )
-        page = await self.store.read_outcomes(
+        return await self.store.read_outcomes(
             job_id, failed=failed, cursor=cursor, limit=limit, max_bytes=max_bytes
         )
-        if not page.rows:
-            # Not every store refuses an unknown job here; an empty page costs the check.
-            await self.store.get_job(job_id)
-        return page
 
     # -- control ----------------------------------------------------------------------------
 

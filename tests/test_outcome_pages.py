@@ -5,8 +5,9 @@ were bounded by rows only. Now ``JobStore.read_outcomes(max_bytes=...)`` ends a 
 row that would take it over the budget (keeping at least one row), on every store, and the HTTP
 routes and ``Pipeline.outcomes`` read with a budget.
 
-The store-level tests here belong in the contract suite (``bulkpipe.testing.StoreContract``);
-they live in this file, parametrised over the three stores, until they move there.
+The store-level rules (where a page ends on each store) are in the contract suite
+(``bulkpipe.testing.StoreContract``, ``contract/pages.py``); this file keeps what the pipeline
+and the HTTP server do with them, on the three stores.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bulkpipe.pipeline import OUTCOME_PAGE_BYTES
 from bulkpipe.store import JobStore, OutcomeRow, Page
 from bulkpipe.stores import MemoryStore, SQLiteStore
 from bulkpipe.stores.postgres import PostgresStore
-from bulkpipe.testing import add_job, claim, fail_row, ok_row, report
+from bulkpipe.testing import add_job, claim, ok_row, report
 
 from . import pg
 from .conftest import POSTGRES_URL, drop_prefixed, postgres_or_skip
@@ -58,11 +59,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             drop_prefixed(prefix)
 
 
-def size_of(row: OutcomeRow) -> int:
-    """What a row counts against a page's budget: UTF-8 bytes of id, result and error."""
-    return sum(len(text.encode()) for text in (row.item_id, row.result, row.error) if text)
-
-
 async def job_with(store: JobStore, rows: list[OutcomeRow]) -> str:
     """A job whose items have ``rows`` as outcomes, recorded in this order."""
     items = [(row.item_id, json.dumps({"id": row.item_id})) for row in rows]
@@ -70,96 +66,6 @@ async def job_with(store: JobStore, rows: list[OutcomeRow]) -> str:
     claimed = await claim(store, job.id)
     await store.record(job.id, [report(claimed, rows)])
     return job.id
-
-
-def mixed_rows() -> list[OutcomeRow]:
-    """Outcomes from a few bytes to a few MB, some failed, some with two-byte characters."""
-    sizes = [MB, 3 * MB, 500_000, 5 * MB, 10, 10, 2 * MB, 4 * MB - 100, 7, MB, 2 * MB, 3]
-    rows = []
-    for n, size in enumerate(sizes):
-        item_id = f"item-{n}"
-        if n % 4 == 2:
-            rows.append(fail_row(item_id, "e" * size))
-        elif n % 4 == 3:
-            rows.append(ok_row(item_id, "é" * (size // 2)))  # 2 bytes each in UTF-8
-        else:
-            rows.append(ok_row(item_id, "x" * size))
-    return rows
-
-
-async def all_pages(
-    store: JobStore, job_id: str, failed: bool | None, limit: int, max_bytes: int | None
-) -> list[Page[ItemOutcome]]:
-    pages = []
-    cursor = None
-    while True:
-        page = await store.read_outcomes(
-            job_id, failed=failed, cursor=cursor, limit=limit, max_bytes=max_bytes
-        )
-        pages.append(page)
-        assert page.rows or page.cursor is None
-        if page.cursor is None:
-            return pages
-        assert cursor is None or page.cursor > cursor
-        cursor = page.cursor
-
-
-@pytest.mark.parametrize("failed", [None, True, False])
-@pytest.mark.parametrize("limit", [2, 1000])
-async def test_pages_hold_as_many_rows_as_the_budget_allows(
-    store: JobStore, failed: bool | None, limit: int
-) -> None:
-    rows = mixed_rows()
-    job_id = await job_with(store, rows)
-    wanted = [row for row in rows if failed is None or row.ok is not failed]
-    budget = 4 * MB
-    pages = await all_pages(store, job_id, failed, limit, budget)
-    assert [o.item_id for p in pages for o in p.rows] == [row.item_id for row in wanted]
-    sizes = {row.item_id: size_of(row) for row in rows}
-    seen = 0
-    for page in pages:
-        used = sum(sizes[o.item_id] for o in page.rows)
-        assert len(page.rows) <= limit
-        assert used <= budget or len(page.rows) == 1, [o.item_id for o in page.rows]
-        seen += len(page.rows)
-        if page.cursor is not None and len(page.rows) < limit:
-            # the page stopped only because the next row would not fit
-            assert used + sizes[wanted[seen].item_id] > budget
-    by_id = {o.item_id: o for p in pages for o in p.rows}
-    if failed is not True:
-        assert by_id["item-3"].result == "é" * (5 * MB // 2)
-    if failed is not False:
-        assert by_id["item-2"].error == "e" * 500_000
-
-
-async def test_a_row_larger_than_the_budget_comes_alone(store: JobStore) -> None:
-    rows = [ok_row(f"big-{n}", "x" * (2 * MB)) for n in range(3)] + [ok_row("small", 1)]
-    job_id = await job_with(store, rows)
-    pages = await all_pages(store, job_id, None, 1000, 1000)
-    assert [[o.item_id for o in p.rows] for p in pages] == [
-        ["big-0"],
-        ["big-1"],
-        ["big-2"],
-        ["small"],
-    ]
-
-
-async def test_the_budget_counts_bytes_not_characters(store: JobStore) -> None:
-    rows = [ok_row("a", "é" * 50), ok_row("b", "é" * 50), ok_row("c", "x")]
-    job_id = await job_with(store, rows)
-    each = size_of(rows[0])  # 1 + 2 quotes + 100 bytes
-    assert each == 103
-    pages = await all_pages(store, job_id, None, 1000, 2 * each)
-    assert [[o.item_id for o in p.rows] for p in pages] == [["a", "b"], ["c"]]
-    pages = await all_pages(store, job_id, None, 1000, 2 * each - 1)
-    assert [[o.item_id for o in p.rows] for p in pages] == [["a"], ["b", "c"]]
-
-
-async def test_without_a_budget_pages_are_bounded_by_rows_only(store: JobStore) -> None:
-    rows = [ok_row(f"r-{n}", "x" * 1000) for n in range(5)]
-    job_id = await job_with(store, rows)
-    pages = await all_pages(store, job_id, None, 2, None)
-    assert [len(p.rows) for p in pages] == [2, 2, 1]
 
 
 async def test_pipeline_outcomes_reads_within_a_budget(store: JobStore) -> None:
@@ -282,12 +188,13 @@ async def test_the_server_reads_pages_in_bounded_memory(store: JobStore) -> None
 async def test_ndjson_lines_are_sent_in_chunks(store: JobStore) -> None:
     rows = [ok_row(f"r-{n}", n) for n in range(3000)]
     job_id = await job_with(store, rows)
-    chunks = [
-        chunk
-        async for chunk in outcome_lines(
-            store, job_id, failed=None, cursor=None, page_size=1000, page_bytes=None
-        )
-    ]
+    async with Pipeline(store, workers=0) as pipeline:
+        chunks = [
+            chunk
+            async for chunk in outcome_lines(
+                pipeline, job_id, status=None, cursor=None, page_size=1000, page_bytes=None
+            )
+        ]
     lines = b"".join(chunks).splitlines()
     assert [json.loads(line)["item_id"] for line in lines] == [row.item_id for row in rows]
     assert 3 < len(chunks) < 100  # neither one send per line nor one per whole stream

@@ -4,11 +4,11 @@ from .error_types import ErrorType
 from .errors import (
     BulkpipeError,
     InvalidArgument,
+    InvalidArgumentType,
     ItemSourceError,
     JobNotCancellable,
     JobNotFinished,
     JobNotFound,
-    LeaseLost,
     NothingToRetry,
     PermanentError,
     PipelineClosed,
@@ -21,7 +21,7 @@ from .models import ItemOutcome, ItemStatus, Job, JobStatus, JobSummary, Process
 from .options import JobOptions
 from .pipeline import Pipeline, Source
 from .processors import BatchProcessor, ItemProcessor, ProcessorLike
-from .store import JobStore
+from .store import JobStore, Page
 from .worker import Worker
 
 __version__ = "0.1.0.dev0"
@@ -31,6 +31,7 @@ __all__ = [
     "BulkpipeError",
     "ErrorType",
     "InvalidArgument",
+    "InvalidArgumentType",
     "ItemOutcome",
     "ItemProcessor",
     "ItemSourceError",
@@ -43,8 +44,8 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "JobSummary",
-    "LeaseLost",
     "NothingToRetry",
+    "Page",
     "PermanentError",
     "Pipeline",
     "PipelineClosed",

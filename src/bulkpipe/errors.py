@@ -79,6 +79,13 @@ class InvalidArgument(BulkpipeError, ValueError):
     """A call's arguments are wrong (for example both items and a source, or an unknown status)."""
 
 
+class InvalidArgumentType(InvalidArgument, TypeError):
+    """An argument is of the wrong kind (a class where an instance is wanted, a name not a str).
+
+    It is an :class:`InvalidArgument` and, as before, a :class:`TypeError`.
+    """
+
+
 class ItemSourceError(BulkpipeError):
     """The iterable or source that produced a job's items raised; the job was marked failed."""
 
@@ -96,10 +103,6 @@ class PermanentError(BulkpipeError):
 
 class StoreError(BulkpipeError):
     """The job store failed; the message names the store and what to check."""
-
-
-class LeaseLost(StoreError):
-    """A batch lease expired and another worker claimed it; this worker's results were refused."""
 
 
 class WaitTimeout(BulkpipeError, TimeoutError):

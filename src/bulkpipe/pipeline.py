@@ -38,7 +38,7 @@ from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
 from .outage import FIRST_DELAY, MAX_DELAY
 from .processors import ProcessorRegistry
 from .retry import backoff_delay
-from .store import EncodedItem, JobStore
+from .store import EncodedItem, JobStore, Page
 from .worker import Worker
 
 log = logging.getLogger("bulkpipe.pipeline")
@@ -458,22 +458,58 @@ class Pipeline:
             raise InvalidArgument(
                 f"page_size and page_bytes must be positive, not {page_size} and {page_bytes}"
             )
-        failed = (
-            None
-            if status is None
-            else _parse_status(ItemStatus, status, "item") is ItemStatus.FAILED
-        )
-        await self.store.get_job(job_id)
         cursor: int | None = None
         while True:
-            page = await self.store.read_outcomes(
-                job_id, failed=failed, cursor=cursor, limit=page_size, max_bytes=page_bytes
+            page = await self.outcome_page(
+                job_id, status=status, cursor=cursor, limit=page_size, max_bytes=page_bytes
             )
             for outcome in page.rows:
                 yield outcome
             if page.cursor is None:
                 return
             cursor = page.cursor
+
+    async def outcome_page(
+        self,
+        job_id: str,
+        *,
+        status: ItemStatus | str | None = None,
+        cursor: int | None = None,
+        limit: int = 1000,
+        max_bytes: int | None = OUTCOME_PAGE_BYTES,
+    ) -> Page[ItemOutcome]:
+        """One page of the job's final item outcomes, in recording order, optionally only
+        ``succeeded`` or ``failed`` ones: at most ``limit`` of them and, with ``max_bytes``, at
+        most that many UTF-8 bytes of item ids, results and errors (a single larger outcome
+        comes alone). Pass the page's ``cursor`` to read the next one; it is None when there
+        are no more outcomes *now* (a running job may record more later).
+
+        :class:`JobNotFound` for an unknown id; :class:`InvalidArgument` for a ``limit`` or
+        ``max_bytes`` below 1, a negative or non-integer ``cursor``, or an unknown ``status``."""
+        self._running()
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidArgument(f"limit must be an int of 1 or more, not {limit!r}")
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+        ):
+            raise InvalidArgument(
+                f"max_bytes must be a positive number of bytes, or None for no budget, "
+                f"not {max_bytes!r}"
+            )
+        if cursor is not None and (
+            isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0
+        ):
+            raise InvalidArgument(
+                f"cursor must be None (the first page) or a page's cursor, not {cursor!r}"
+            )
+        failed = (
+            None
+            if status is None
+            else _parse_status(ItemStatus, status, "item") is ItemStatus.FAILED
+        )
+        return await self.store.read_outcomes(
+            job_id, failed=failed, cursor=cursor, limit=limit, max_bytes=max_bytes
+        )
 
     # -- control ----------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .errors import UnknownProcessor
+from .errors import InvalidArgumentType, UnknownProcessor
 
 #: The entry-point group where installed processors are found by name.
 ENTRY_POINT_GROUP = "bulkpipe.processors"
@@ -74,7 +74,7 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 def adapt(name: str, processor: object) -> Adapted:
     """Check a processor once, at registration, and return how to call it."""
     if inspect.isclass(processor):  # its process() would be unbound: every item would fail
-        raise TypeError(
+        raise InvalidArgumentType(
             f"processor {name!r} is the class {processor.__name__}; register an instance of it"
         )
     batch_fn = getattr(processor, "process_batch", None)
@@ -89,7 +89,7 @@ def adapt(name: str, processor: object) -> Adapted:
     fn = getattr(processor, "process", None)
     if not callable(fn):
         if inspect.isclass(processor) or not callable(processor):
-            raise TypeError(
+            raise InvalidArgumentType(
                 f"processor {name!r} must be an async or sync function of one item, or an "
                 "object with a process(item) or process_batch(items) method; got "
                 f"{type(processor).__name__}"
@@ -157,7 +157,10 @@ class ProcessorRegistry:
     def register(self, name: str, processor: object) -> None:
         """Register ``processor`` under ``name``, replacing an earlier one."""
         if not isinstance(name, str) or not name:
-            raise TypeError(f"a processor name must be a non-empty string, not {name!r}")
+            raise InvalidArgumentType(
+                f"a processor name must be a non-empty string, not {name!r}; "
+                "register it under the name jobs will use, e.g. register('resize', resize)"
+            )
         self._adapted[name] = adapt(name, processor)
         self._ready.discard(name)
 

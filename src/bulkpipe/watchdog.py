@@ -23,6 +23,8 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskStatus
 
+from .errors import InvalidArgument
+
 log = logging.getLogger("bulkpipe.watchdog")
 
 #: How many thresholds a block lasts before the watchdog thread reports it while it goes on.
@@ -70,7 +72,9 @@ class LoopWatchdog:
 
     def __init__(self, threshold: float, describe: Callable[[], str], name: str) -> None:
         if not threshold > 0:
-            raise ValueError(f"threshold must be positive, not {threshold}")
+            raise InvalidArgument(
+                f"the watchdog threshold must be a positive number of seconds, not {threshold}"
+            )
         self.threshold = threshold
         self.describe = describe
         self.name = name

@@ -23,6 +23,7 @@ from bulkpipe import (
     JobStore,
     JobSummary,
     NothingToRetry,
+    Page,
     PermanentError,
     Pipeline,
     ProcessingError,
@@ -128,6 +129,11 @@ async def use_the_pipeline() -> None:
             assert_type(outcome, ItemOutcome)
         async for outcome in pipeline.outcomes(job.id, ItemStatus.SUCCEEDED, page_size=10):
             assert_type(outcome, ItemOutcome)
+        page = await pipeline.outcome_page(job.id, status="failed", limit=100, max_bytes=None)
+        assert_type(page, Page[ItemOutcome])
+        assert_type(page.cursor, int | None)
+        page = await pipeline.outcome_page(job.id, cursor=page.cursor, max_bytes=1 << 20)
+        assert_type(page.rows, list[ItemOutcome])
         assert_type(await pipeline.list_jobs(status=JobStatus.FAILED, limit=5), list[Job])
         assert_type(await pipeline.list_jobs(status="completed", offset=5), list[Job])
 
@@ -136,6 +142,7 @@ async def use_the_pipeline() -> None:
         await pipeline.get(job)  # type: ignore[arg-type]
         await pipeline.wait(job.id, timeout="soon")  # type: ignore[arg-type]
         pipeline.register(7, score)  # type: ignore[arg-type]
+        await pipeline.outcome_page(job.id, cursor="12")  # type: ignore[arg-type]
 
 
 def read_a_job(job: Job) -> None:

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from .. import __version__
-from ..errors import InvalidArgument, ItemSourceError, JobNotFound
+from ..errors import InvalidArgument, InvalidArgumentType, ItemSourceError, JobNotFound
 from ..models import ItemStatus, Job, JobStatus
 from ..pipeline import OUTCOME_PAGE_BYTES, Pipeline
 from ..store import JobStore
@@ -108,9 +108,10 @@ def create_app(
                 yield
 
     else:
-        raise TypeError(
+        raise InvalidArgumentType(
             "create_app needs a bulkpipe Pipeline or JobStore, not "
-            f"{type(pipeline_or_store).__name__}"
+            f"{type(pipeline_or_store).__name__}; pass the Pipeline to serve, or a store "
+            "(e.g. MemoryStore()) to serve with a pipeline of its own"
         )
     app = FastAPI(
         title=title,
@@ -285,21 +286,20 @@ class _Routes:
             ] = OUTCOME_PAGE_BYTES,
         ) -> OutcomePage | Response:
             await self.visible(job_id, principal)
-            failed = None if status is None else status is ItemStatus.FAILED
             start = int(cursor) if cursor is not None else None
             accept = request.headers.get("accept", "")
             if any(kind in accept for kind in NDJSON_TYPES):
                 lines = outcome_lines(
-                    pipeline.store,
+                    pipeline,
                     job_id,
-                    failed=failed,
+                    status=status,
                     cursor=start,
                     page_size=limit,
                     page_bytes=max_bytes,
                 )
                 return StreamingResponse(lines, media_type=NDJSON_TYPES[0])
-            page = await pipeline.store.read_outcomes(
-                job_id, failed=failed, cursor=start, limit=limit, max_bytes=max_bytes
+            page = await pipeline.outcome_page(
+                job_id, status=status, cursor=start, limit=limit, max_bytes=max_bytes
             )
             body = OutcomePage(
                 outcomes=page.rows,

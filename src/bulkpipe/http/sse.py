@@ -11,9 +11,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import BulkpipeError
-from ..models import ItemOutcome, Job
+from ..models import ItemOutcome, ItemStatus, Job
 from ..pipeline import Pipeline
-from ..store import JobStore
 
 #: About how many bytes of outcome lines an NDJSON stream sends at a time.
 _CHUNK = 64 * 1024
@@ -100,21 +99,22 @@ def _snapshot(job: Job) -> bytes:
 
 
 async def outcome_lines(
-    store: JobStore,
+    pipeline: Pipeline,
     job_id: str,
     *,
-    failed: bool | None,
+    status: ItemStatus | None,
     cursor: int | None,
     page_size: int,
     page_bytes: int | None = None,
 ) -> AsyncIterator[bytes]:
-    """Every outcome recorded so far from ``cursor`` on, one JSON object per line, read from the
-    store a page at a time (``page_size`` rows and at most ``page_bytes``, or one larger row).
-    Lines go out in chunks of about :data:`_CHUNK` bytes; a larger line goes alone, uncopied."""
+    """Every outcome recorded so far from ``cursor`` on, one JSON object per line, read with
+    :meth:`Pipeline.outcome_page` (``page_size`` rows and at most ``page_bytes``, or one larger
+    row). Lines go out in chunks of about :data:`_CHUNK` bytes; a larger line goes alone,
+    uncopied."""
     to_json = ItemOutcome.__pydantic_serializer__.to_json
     while True:
-        page = await store.read_outcomes(
-            job_id, failed=failed, cursor=cursor, limit=page_size, max_bytes=page_bytes
+        page = await pipeline.outcome_page(
+            job_id, status=status, cursor=cursor, limit=page_size, max_bytes=page_bytes
         )
         cursor = page.cursor
         chunk: list[bytes] = []

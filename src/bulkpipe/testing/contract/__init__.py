@@ -1,7 +1,8 @@
 """The example-based store contract: :class:`StoreContract`, joined from one class per area.
 
-Each area is its own module (jobs and submission, claims and leases, outcomes); a store passes
-the contract when a ``Test*`` subclass of :class:`StoreContract` passes.
+Each area is its own module (jobs and submission, claims and leases, outcomes, progress, where
+pages end); a store passes the contract when a ``Test*`` subclass of :class:`StoreContract`
+passes.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 from .claims import ClaimsContract
 from .jobs import JobsContract
 from .outcomes import OutcomesContract
+from .pages import PagesContract
+from .progress import ProgressContract
 
 __all__ = ["StoreContract"]
 
 
-class StoreContract(JobsContract, ClaimsContract, OutcomesContract):
+class StoreContract(
+    JobsContract, ClaimsContract, OutcomesContract, ProgressContract, PagesContract
+):
     """Example tests of every :class:`JobStore` semantic; subclass it to test a store.
 
     Override :meth:`make_store`, or the ``store`` fixture, to provide a fresh, empty store.

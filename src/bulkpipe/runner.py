@@ -13,8 +13,8 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -22,19 +22,49 @@ from anyio.abc import TaskGroup
 
 from .error_types import ErrorType
 from .errors import PermanentError
+from .gate import PriorityGate
 from .items import decode_payloads
 from .lifecycle import failure_ratio_exceeded, settle
 from .models import JobStatus, ProcessingError
-from .outage import store_failure
+from .outage import StoreOutage, store_failure
 from .processors import Adapted, ThreadAborted
 from .results import decode_payload, describe, encode_result, storable_text, type_name
 from .retry import backoff_delay
-from .store import BatchReport, ClaimedBatch, JobSpec, Lease, OutcomeRow, Progress
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .store import BatchReport, ClaimedBatch, JobSpec, JobStore, Lease, OutcomeRow, Progress
 
 log = logging.getLogger("bulkpipe.runner")
+
+T = TypeVar("T")
+
+
+class RunnerHost(Protocol):
+    """What a :class:`JobRunner` needs from the worker that runs it (:class:`~bulkpipe.Worker`
+    is one): the store, the shared outage record and gate, and claiming and waiting for work."""
+
+    @property
+    def store(self) -> JobStore:
+        """The store the job lives in."""
+
+    @property
+    def outage(self) -> StoreOutage:
+        """The worker's record of whether the store answers."""
+
+    @property
+    def gate(self) -> PriorityGate | None:
+        """The ``max_in_flight`` gate shared by the worker's jobs, if any."""
+
+    @property
+    def gave_up(self) -> bool:
+        """Whether the worker stopped because the store did not answer for too long."""
+
+    async def claim(self, job_id: str) -> ClaimedBatch | None:
+        """Claim the next batch of the job (None: nothing to claim, or claiming has stopped)."""
+
+    async def wait_for_work(self, event: anyio.Event | None = None) -> None:
+        """Sleep until ``event`` is set (new work in this process) or the poll interval."""
+
+    async def until_answered(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` (a store call named ``what``) until the store answers."""
 
 
 class OpenBatch:
@@ -211,9 +241,9 @@ def _result_list(results: Any, expected: int) -> list[Any] | str:
 class JobRunner:
     """Runs the batches of one job that this worker claims, until none is left or it is stopped."""
 
-    def __init__(self, worker: Worker, spec: JobSpec, processor: Adapted) -> None:
-        self.worker = worker
-        self.store = worker.store
+    def __init__(self, host: RunnerHost, spec: JobSpec, processor: Adapted) -> None:
+        self.host = host
+        self.store = host.store
         self.spec = spec
         self.options = spec.options
         self.processor = processor
@@ -294,7 +324,7 @@ class JobRunner:
         # One try each, shielded: what fails here is done later anyway (an unreleased lease
         # expires; a job left unsettled is completed by a worker's sweep for such jobs).
         with anyio.CancelScope(shield=True):
-            if self.worker.outage.down or self.worker.gave_up:
+            if self.host.outage.down or self.host.gave_up:
                 return
             unfinished = [b.lease for b in self.open if not b.closed]
             try:
@@ -309,7 +339,7 @@ class JobRunner:
             except Exception as exc:
                 if not store_failure(exc):
                     raise
-                self.worker.outage.failed(f"winding down job {self.spec.id}", exc)
+                self.host.outage.failed(f"winding down job {self.spec.id}", exc)
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -384,24 +414,24 @@ class JobRunner:
                 self._need_more = anyio.Event()
                 await self._need_more.wait()
                 continue
-            claimed = await self.worker.until_answered(
+            claimed = await self.host.until_answered(
                 f"claiming a batch of job {self.spec.id}", self._claim
             )
             if claimed is not None:
                 self._add(claimed, work)
                 continue
             # Nothing to claim now: either every item is in (we are done) or more may come.
-            progress = await self.worker.until_answered(
+            progress = await self.host.until_answered(
                 f"reading the progress of job {self.spec.id}", self._read_progress
             )
             if progress.sealed or progress.status.is_terminal:
                 break
-            await self.worker.wait_for_work(self._more)
+            await self.host.wait_for_work(self._more)
         self.exhausted = True
         self._wake_all()
 
     async def _claim(self) -> ClaimedBatch | None:
-        return await self.worker.claim(self.spec.id)
+        return await self.host.claim(self.spec.id)
 
     async def _read_progress(self) -> Progress:
         return await self.store.record(self.spec.id, [])
@@ -458,7 +488,7 @@ class JobRunner:
             self._wake_one()
 
     def _release_gate(self) -> None:
-        gate = self.worker.gate
+        gate = self.host.gate
         assert gate is not None
         gate.release()
 
@@ -468,7 +498,7 @@ class JobRunner:
         The place is kept while this job has items to start and no waiter of at least its
         priority is queued: released here, it would go to a lower-priority waiter first.
         """
-        gate = self.worker.gate
+        gate = self.host.gate
         priority = self.spec.priority
         batch.lanes += 1
         current: int | None = None
@@ -679,7 +709,7 @@ class JobRunner:
             while True:
                 if failures:
                     # Unrecorded outcomes stay in memory meanwhile; more may gather.
-                    await anyio.sleep(self.worker.outage.delay(failures))
+                    await anyio.sleep(self.host.outage.delay(failures))
                 else:
                     with anyio.move_on_after(tick):
                         await self._dirty.wait()
@@ -692,7 +722,7 @@ class JobRunner:
                 if closing:
                     return
         finally:
-            self.worker.outage.forget(self)
+            self.host.outage.forget(self)
 
     async def _flush(self) -> bool:
         """Record what finished since the last flush; False if the store did not answer (the
@@ -727,9 +757,9 @@ class JobRunner:
             for batch, _, done in reports:
                 if done:
                     batch.closed = False
-            self.worker.outage.failed(f"recording outcomes of job {self.spec.id}", exc, self)
+            self.host.outage.failed(f"recording outcomes of job {self.spec.id}", exc, self)
             return False
-        self.worker.outage.answered(self)
+        self.host.outage.answered(self)
         for batch, n, _ in reports:
             batch.flushed = n
         lost = set(progress.lost)
@@ -754,9 +784,9 @@ class JobRunner:
         except Exception as exc:
             if not store_failure(exc):
                 raise
-            self.worker.outage.failed(f"failing job {self.spec.id}", exc, self)
+            self.host.outage.failed(f"failing job {self.spec.id}", exc, self)
             return False
-        self.worker.outage.answered(self)
+        self.host.outage.answered(self)
         self._failing = None
         self.stop(ended=True)
         return True

@@ -16,6 +16,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 import anyio
@@ -24,9 +25,9 @@ from anyio.abc import TaskGroup
 
 from .attempts import Attempts, BatchCall
 from .batches import OpenBatch
+from .error_types import ErrorType
 from .gate import GateSlot, PriorityGate
-from .lifecycle import failure_ratio_exceeded, settle
-from .models import JobStatus, ProcessingError
+from .lifecycle import Lifecycle, failure_ratio_exceeded
 from .outage import StoreOutage, store_failure
 from .processors import Adapted
 from .store import BatchReport, ClaimedBatch, JobSpec, JobStore, Lease, Progress
@@ -43,6 +44,10 @@ class RunnerHost(Protocol):
     @property
     def store(self) -> JobStore:
         """The store the job lives in."""
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """What ends the job (completing or failing it) and tells the listeners."""
 
     @property
     def outage(self) -> StoreOutage:
@@ -94,7 +99,7 @@ class JobRunner:
         self._dirty = anyio.Event()
         self._work_scope = anyio.CancelScope()
         self._attempts = Attempts(processor, self.options, random.Random())
-        self._failing: ProcessingError | None = None  # a failed status not yet written
+        self._failing: tuple[str, datetime] | None = None  # a failure not yet written
 
     # -- control ----------------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class JobRunner:
                     # counts from before it, and settling on those would leave the job
                     # unfinished.
                     progress = await self.store.record(self.spec.id, [])
-                    await settle(self.store, self.spec.id, progress)
+                    await self.host.lifecycle.settle(self.spec.id, progress)
             except Exception as exc:
                 if not store_failure(exc):
                     raise
@@ -426,7 +431,7 @@ class JobRunner:
     async def _flush(self) -> bool:
         """Record what finished since the last flush; False if the store did not answer (the
         outcomes are kept and sent again by the next flush)."""
-        if self._failing is not None and not await self._fail_job(self._failing):
+        if self._failing is not None and not await self._fail_job(*self._failing):
             return False
         reports: list[tuple[OpenBatch, int, bool]] = []
         for batch in self.open:
@@ -469,17 +474,19 @@ class JobRunner:
         if progress.status.is_terminal:
             self.stop(ended=True)
             return True
-        error = failure_ratio_exceeded(progress, self.options.max_failure_ratio)
-        if error is not None:
-            return await self._fail_job(error)
+        why = failure_ratio_exceeded(progress, self.options.max_failure_ratio)
+        if why is not None:
+            return await self._fail_job(why, datetime.now(UTC))
         return True
 
-    async def _fail_job(self, error: ProcessingError) -> bool:
+    async def _fail_job(self, message: str, at: datetime) -> bool:
         """Fail the job (too many items failed); False, to try again, if the store did not
         answer."""
-        self._failing = error
+        self._failing = message, at
         try:
-            await self.store.finish_job(self.spec.id, JobStatus.FAILED, error)
+            await self.host.lifecycle.fail(
+                self.spec.id, ErrorType.FAILURE_RATIO_EXCEEDED, message, at=at
+            )
         except Exception as exc:
             if not store_failure(exc):
                 raise

@@ -167,7 +167,7 @@ class JobRunner:
                     # Read afresh: a read that overlapped our last write may have returned
                     # counts from before it, and settling on those would leave the job
                     # unfinished.
-                    progress = await self.store.record(self.spec.id, [])
+                    progress = await self.store.progress(self.spec.id)
                     await self.host.lifecycle.settle(self.spec.id, progress)
             except Exception as exc:
                 if not store_failure(exc):
@@ -267,7 +267,7 @@ class JobRunner:
         return await self.host.claim(self.spec.id)
 
     async def _read_progress(self) -> Progress:
-        return await self.store.record(self.spec.id, [])
+        return await self.store.progress(self.spec.id)
 
     # -- lanes ------------------------------------------------------------------------------
 

@@ -561,7 +561,7 @@ class Worker:
                     continue
                 if job.processed_items < job.total_items:
                     continue
-                progress = await self.store.record(job.id, [])
+                progress = await self.store.progress(job.id)
                 if await self.lifecycle.settle(job.id, progress) is not None:
                     log.info("worker %s: completed job %s left unsettled", self.worker_id, job.id)
             if len(jobs) < page:

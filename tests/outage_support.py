@@ -21,6 +21,7 @@ _METHODS = (
     "seal_job",
     "claim_batch",
     "record",
+    "progress",
     "renew_leases",
     "release",
     "finish_job",

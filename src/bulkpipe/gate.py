@@ -53,3 +53,28 @@ class PriorityGate:
             heapq.heappop(self._waiters)[2].set()
         else:
             self._free += 1
+
+
+class GateSlot:
+    """One holder's place at a :class:`PriorityGate` (a lane's, at one priority): it knows
+    whether it holds a place, so the place is given back exactly once however its holder ends."""
+
+    __slots__ = ("gate", "held", "priority")
+
+    def __init__(self, gate: PriorityGate, priority: int) -> None:
+        self.gate = gate
+        self.priority = priority
+        #: Whether this slot holds a place at the gate now.
+        self.held = False
+
+    async def acquire(self) -> None:
+        """Wait for a place (at once if this slot holds one already)."""
+        if not self.held:
+            await self.gate.acquire(self.priority)
+            self.held = True
+
+    def release(self) -> None:
+        """Give the place back, if this slot holds one."""
+        if self.held:
+            self.held = False
+            self.gate.release()

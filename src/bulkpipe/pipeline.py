@@ -32,7 +32,7 @@ from .errors import (
 from .gate import PriorityGate
 from .items import chunked, duplicate_errors, encode_items
 from .jobs import new_job
-from .lifecycle import settle
+from .lifecycle import JobEvents, Lifecycle
 from .models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
 from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
 from .outage import FIRST_DELAY, MAX_DELAY
@@ -95,6 +95,10 @@ class Pipeline:
         for name, source in (sources or {}).items():
             self.register_source(name, source)
         gate = PriorityGate(max_in_flight) if max_in_flight is not None else None
+        #: Jobs ending in this process (through this pipeline or its workers) are announced
+        #: here: ``pipeline.events.subscribe(listener)``, called with (job_id, status).
+        self.events = JobEvents()
+        self._lifecycle = Lifecycle(store, self.events)
         self.workers = [
             Worker(
                 store,
@@ -102,15 +106,16 @@ class Pipeline:
                 gate=gate,
                 lease_timeout=lease_timeout,
                 poll_interval=poll_interval,
+                events=self.events,
             )
             for _ in range(workers)
         ]
         self._stack: contextlib.AsyncExitStack | None = None
         self._changed = anyio.Event()
-        for worker in self.workers:
-            worker.on_job_end = self._job_changed
+        self.events.subscribe(self._job_ended)
 
-    def _job_changed(self, _job_id: str = "") -> None:
+    def _job_ended(self, _job_id: str, _status: JobStatus) -> None:
+        """Wake :meth:`wait` and :meth:`watch`: a job ended in this process."""
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -351,14 +356,11 @@ class Pipeline:
             raise
         await self._seal(job_id)
 
-    async def _abandon(self, job_id: str, message: str, error_type: str) -> None:
-        error = ProcessingError(
-            item_id=None, error=message, error_type=error_type, timestamp=datetime.now(UTC)
-        )
+    async def _abandon(self, job_id: str, message: str, error_type: ErrorType) -> None:
+        at = datetime.now(UTC)
         for worker in self.workers:
             await worker.stop_job(job_id)
-        await self.store.finish_job(job_id, JobStatus.FAILED, error)
-        self._job_changed(job_id)
+        await self._lifecycle.fail(job_id, error_type, message, at=at)
 
     async def _add(self, job_id: str, batches: Sequence[_Encoded], id_key: str) -> None:
         """Store the batches in one call, then the errors of their refused items in one."""
@@ -375,8 +377,7 @@ class Pipeline:
 
     async def _seal(self, job_id: str) -> None:
         progress = await self.store.seal_job(job_id)
-        if await settle(self.store, job_id, progress) is not None:
-            self._job_changed(job_id)
+        await self._lifecycle.settle(job_id, progress)
         for worker in self.workers:
             worker.wake(job_id)
 
@@ -523,8 +524,7 @@ class Pipeline:
             raise JobNotCancellable(job_id, job.status.value)
         for worker in self.workers:
             await worker.stop_job(job_id)
-        job, changed = await self.store.finish_job(job_id, JobStatus.CANCELLED)
-        self._job_changed(job_id)
+        job, changed = await self._lifecycle.cancel(job_id)
         if not changed:
             raise JobNotCancellable(job_id, job.status.value)
         return job

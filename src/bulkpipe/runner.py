@@ -1,219 +1,82 @@
-"""Running one job's batches inside one worker: lanes, batch timeouts, retries and recording.
+"""Running one job's batches inside one worker: lanes, feeding them batches, and recording.
 
 Items flow through a fixed number of *lanes* (``concurrency`` x ``item_concurrency or
 batch_size``): each lane takes the next unstarted item of any open batch, so an item starts as
 soon as another finishes, and a batch is only the unit of claiming and recording, never a
 barrier. Per item there is no task, lock, stream or store call; those happen per batch.
+
+Running an item (attempts, retries, turning results and exceptions into outcome rows) is
+:mod:`bulkpipe.attempts`; a claimed batch's state is :class:`~bulkpipe.batches.OpenBatch`. The
+runner reaches its worker only through :class:`RunnerHost`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import time
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from .attempts import Attempts, BatchCall
+from .batches import OpenBatch
 from .error_types import ErrorType
-from .errors import PermanentError
-from .items import decode_payloads
-from .lifecycle import failure_ratio_exceeded, settle
-from .models import JobStatus, ProcessingError
-from .outage import store_failure
-from .processors import Adapted, ThreadAborted
-from .results import decode_payload, describe, encode_result, storable_text, type_name
-from .retry import backoff_delay
-from .store import BatchReport, ClaimedBatch, JobSpec, Lease, OutcomeRow, Progress
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .gate import GateSlot, PriorityGate
+from .lifecycle import Lifecycle, failure_ratio_exceeded
+from .outage import StoreOutage, store_failure
+from .processors import Adapted
+from .store import BatchReport, ClaimedBatch, JobSpec, JobStore, Lease, Progress
 
 log = logging.getLogger("bulkpipe.runner")
 
+T = TypeVar("T")
 
-class OpenBatch:
-    """A claimed batch while this worker holds it."""
 
-    __slots__ = (
-        "closed",
-        "deadline",
-        "flushed",
-        "ids",
-        "items",
-        "lanes",
-        "lease",
-        "left",
-        "next",
-        "rows",
-        "scopes",
-    )
-
-    def __init__(self, claimed: ClaimedBatch, deadline: float, abandon: str | None = None) -> None:
-        """Decode the batch's items; with ``abandon``, fail every item with that message
-        (BatchKeptCrashing) instead, without decoding or running any."""
-        self.lease: Lease = claimed.lease
-        self.rows: list[OutcomeRow] = []
-        if abandon is not None:
-            now = time.time()
-            self.rows = [
-                OutcomeRow(
-                    item_id, False, None, abandon, ErrorType.BATCH_KEPT_CRASHING, 0, now, now
-                )
-                for item_id, _ in claimed.items
-            ]
-            self.ids: list[str] = []
-            self.items: list[Any] = []
-        else:
-            self.ids = [item_id for item_id, _ in claimed.items]
-            try:
-                self.items = decode_payloads(claimed.items)
-                readable = len(self.items) == len(self.ids)  # "1},{2" would decode as two
-            except Exception:  # a bad payload, or a null one
-                readable = False
-            if not readable:
-                self._decode_one_by_one(claimed)
-        self.next = 0  # index of the next unstarted item
-        self.left = len(self.items)  # items without an outcome yet
-        self.flushed = 0  # rows already recorded
-        self.deadline = deadline
-        self.lanes = 0
-        self.scopes: set[anyio.CancelScope] = set()
-        self.closed = False
-
-    def _decode_one_by_one(self, claimed: ClaimedBatch) -> None:
-        """Keep the items that decode; fail the others (UnreadableItem), never running them."""
-        self.ids, self.items = [], []
-        for item_id, payload in claimed.items:
-            try:
-                item = decode_payload(payload)
-            except Exception as exc:  # ValueError, TypeError, RecursionError
-                now = time.time()
-                message = (
-                    f"the stored payload of item {item_id!r} cannot be decoded as JSON "
-                    f"({type_name(exc)}: {describe(exc)}); the item was not run. The store "
-                    "holds a damaged row: submit the item again in a new job"
-                )
-                self.rows.append(
-                    OutcomeRow(
-                        item_id,
-                        False,
-                        None,
-                        storable_text(message),
-                        ErrorType.UNREADABLE_ITEM,
-                        0,
-                        now,
-                        now,
-                    )
-                )
-                continue
-            self.ids.append(item_id)
-            self.items.append(item)
+class RunnerHost(Protocol):
+    """What a :class:`JobRunner` needs from the worker that runs it (:class:`~bulkpipe.Worker`
+    is one): the store, the shared outage record and gate, and claiming and waiting for work."""
 
     @property
-    def startable(self) -> bool:
-        return not self.closed and self.next < len(self.items)
+    def store(self) -> JobStore:
+        """The store the job lives in."""
 
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """What ends the job (completing or failing it) and tells the listeners."""
 
-def _own_error(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by a processor call, is the processor's failure rather than a
-    cancellation of this task: anything but anyio's cancellation exception, and even that when
-    it is an asyncio CancelledError raised while the task is not being cancelled (a future
-    cancelled elsewhere). Re-raised instead, such an error would end the lane (or the worker)
-    and leave its batch unfinished."""
-    if isinstance(exc, Exception) or not isinstance(exc, anyio.get_cancelled_exc_class()):
-        return True
-    if not isinstance(exc, asyncio.CancelledError):  # trio's Cancelled: only trio raises it
-        return False
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # pragma: no cover - on asyncio, there is a loop
-        return True
-    return task is not None and task.cancelling() == 0
+    @property
+    def outage(self) -> StoreOutage:
+        """The worker's record of whether the store answers."""
 
+    @property
+    def gate(self) -> PriorityGate | None:
+        """The ``max_in_flight`` gate shared by the worker's jobs, if any."""
 
-def _unwrap(exc: BaseException) -> BaseException:
-    return exc.original if isinstance(exc, ThreadAborted) else exc
+    @property
+    def gave_up(self) -> bool:
+        """Whether the worker stopped because the store did not answer for too long."""
 
+    async def claim(self, job_id: str) -> ClaimedBatch | None:
+        """Claim the next batch of the job (None: nothing to claim, or claiming has stopped)."""
 
-def _retried(exc: BaseException) -> bool:
-    """Whether a processor failure may be retried: an Exception other than PermanentError,
-    or a stray asyncio CancelledError. Other BaseExceptions (ProcessorAborted) are final."""
-    if isinstance(exc, Exception):
-        return not isinstance(exc, (PermanentError, ThreadAborted))
-    return isinstance(exc, asyncio.CancelledError)
+    async def wait_for_work(self, event: anyio.Event | None = None) -> None:
+        """Sleep until ``event`` is set (new work in this process) or the poll interval."""
 
-
-def _failed(
-    item_id: str, exc: BaseException, attempts: int, started: float, verb: str = "raised"
-) -> OutcomeRow:
-    """The failed outcome of a processor's exception (raised, or returned by process_batch)."""
-    exc = _unwrap(exc)
-    if isinstance(exc, (Exception, asyncio.CancelledError)):
-        return _fail(item_id, exc, type_name(exc), attempts, started)
-    message = (
-        f"the processor {verb} {type_name(exc)} ({describe(exc)}), a BaseException that is "
-        "not an Exception; the item failed without retries. Raise an Exception to fail an "
-        "item (PermanentError to skip retries)"
-    )
-    return _fail(item_id, message, ErrorType.PROCESSOR_ABORTED, attempts, started)
-
-
-def _fail(
-    item_id: str, exc: BaseException | str, error_type: str, attempts: int, started: float
-) -> OutcomeRow:
-    message = storable_text(exc) if isinstance(exc, str) else describe(exc)
-    return OutcomeRow(item_id, False, None, message, error_type, attempts, started, time.time())
-
-
-def _encode_result(item_id: str, result: Any, attempts: int, started: float) -> OutcomeRow:
-    if result is None:
-        return OutcomeRow(item_id, True, "null", None, None, attempts, started, time.time())
-    try:
-        payload = encode_result(result)
-    except BaseException as exc:  # sync: whatever the result's own code raises
-        return _fail(
-            item_id,
-            f"the processor's result is not JSON-serialisable ({type_name(exc)}: "
-            f"{describe(exc)}); return dicts with string keys, lists, strings (valid "
-            "Unicode: no lone surrogates), finite numbers, booleans or None, not nested "
-            "hundreds of levels deep",
-            ErrorType.INVALID_RESULT,
-            attempts,
-            started,
-        )
-    return OutcomeRow(item_id, True, payload, None, None, attempts, started, time.time())
-
-
-def _result_list(results: Any, expected: int) -> list[Any] | str:
-    """process_batch's results as a list, or why they are not one result per item."""
-    try:
-        if isinstance(results, Sequence) and not isinstance(results, (str, bytes, bytearray)):
-            listed = list(results)
-            if len(listed) == expected:
-                return listed
-            got = str(len(listed))
-        else:
-            got = type(results).__name__
-    except BaseException as exc:  # a broken Sequence: its own code raised
-        got = f"{type(results).__name__} (that raised {type_name(exc)} when read)"
-    return storable_text(
-        f"process_batch returned {got} results for {expected} items; it must return one "
-        "result (or exception) per item, in order"
-    )
+    async def until_answered(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` (a store call named ``what``) until the store answers."""
 
 
 class JobRunner:
     """Runs the batches of one job that this worker claims, until none is left or it is stopped."""
 
-    def __init__(self, worker: Worker, spec: JobSpec, processor: Adapted) -> None:
-        self.worker = worker
-        self.store = worker.store
+    def __init__(self, host: RunnerHost, spec: JobSpec, processor: Adapted) -> None:
+        self.host = host
+        self.store = host.store
         self.spec = spec
         self.options = spec.options
         self.processor = processor
@@ -235,8 +98,8 @@ class JobRunner:
         self._more = anyio.Event()  # set when this process adds batches to the job
         self._dirty = anyio.Event()
         self._work_scope = anyio.CancelScope()
-        self._rng = random.Random()
-        self._failing: ProcessingError | None = None  # a failed status not yet written
+        self._attempts = Attempts(processor, self.options, random.Random())
+        self._failing: tuple[str, datetime] | None = None  # a failure not yet written
 
     # -- control ----------------------------------------------------------------------------
 
@@ -294,7 +157,7 @@ class JobRunner:
         # One try each, shielded: what fails here is done later anyway (an unreleased lease
         # expires; a job left unsettled is completed by a worker's sweep for such jobs).
         with anyio.CancelScope(shield=True):
-            if self.worker.outage.down or self.worker.gave_up:
+            if self.host.outage.down or self.host.gave_up:
                 return
             unfinished = [b.lease for b in self.open if not b.closed]
             try:
@@ -304,12 +167,12 @@ class JobRunner:
                     # Read afresh: a read that overlapped our last write may have returned
                     # counts from before it, and settling on those would leave the job
                     # unfinished.
-                    progress = await self.store.record(self.spec.id, [])
-                    await settle(self.store, self.spec.id, progress)
+                    progress = await self.store.progress(self.spec.id)
+                    await self.host.lifecycle.settle(self.spec.id, progress)
             except Exception as exc:
                 if not store_failure(exc):
                     raise
-                self.worker.outage.failed(f"winding down job {self.spec.id}", exc)
+                self.host.outage.failed(f"winding down job {self.spec.id}", exc)
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -384,27 +247,27 @@ class JobRunner:
                 self._need_more = anyio.Event()
                 await self._need_more.wait()
                 continue
-            claimed = await self.worker.until_answered(
+            claimed = await self.host.until_answered(
                 f"claiming a batch of job {self.spec.id}", self._claim
             )
             if claimed is not None:
                 self._add(claimed, work)
                 continue
             # Nothing to claim now: either every item is in (we are done) or more may come.
-            progress = await self.worker.until_answered(
+            progress = await self.host.until_answered(
                 f"reading the progress of job {self.spec.id}", self._read_progress
             )
             if progress.sealed or progress.status.is_terminal:
                 break
-            await self.worker.wait_for_work(self._more)
+            await self.host.wait_for_work(self._more)
         self.exhausted = True
         self._wake_all()
 
     async def _claim(self) -> ClaimedBatch | None:
-        return await self.worker.claim(self.spec.id)
+        return await self.host.claim(self.spec.id)
 
     async def _read_progress(self) -> Progress:
-        return await self.store.record(self.spec.id, [])
+        return await self.store.progress(self.spec.id)
 
     # -- lanes ------------------------------------------------------------------------------
 
@@ -417,14 +280,15 @@ class JobRunner:
 
     async def _lane(self) -> None:
         self._waking -= 1
-        held = False  # a gate place kept from the last segment (more of this job to start)
+        gate = self.host.gate
+        # A gate place, kept from one segment to the next while more of this job is to start.
+        slot = GateSlot(gate, self.spec.priority) if gate is not None else None
         try:
             while True:
                 batch = self._pick()
                 if batch is None:
-                    if held:
-                        self._release_gate()
-                        held = False
+                    if slot is not None:
+                        slot.release()
                     if self.exhausted:
                         return
                     self._need_more.set()
@@ -433,21 +297,14 @@ class JobRunner:
                 if self.processor.batched:
                     await self._run_batch_call(batch)
                 else:
-                    carried, held = held, False  # _run_segment releases it if it raises
-                    held = await self._run_segment(batch, carried)
+                    await self._run_segment(batch, slot)
                 # Let others run between segments. Not before one: a lane that picked a batch
                 # and then yielded could find it emptied by another and run an empty segment.
-                try:
-                    await anyio.lowlevel.checkpoint()
-                except BaseException:
-                    if held:
-                        self._release_gate()
-                        held = False
-                    raise
+                await anyio.lowlevel.checkpoint()
         finally:
             self.lanes -= 1
-            if held:
-                self._release_gate()
+            if slot is not None:
+                slot.release()
 
     def _queue_demand(self, capacity: int) -> None:
         """Queue another lane at the full gate while this job has more items to start than
@@ -457,33 +314,31 @@ class JobRunner:
         if self._gate_waiting < min(unstarted, capacity):
             self._wake_one()
 
-    def _release_gate(self) -> None:
-        gate = self.worker.gate
-        assert gate is not None
-        gate.release()
+    async def _run_segment(self, batch: OpenBatch, slot: GateSlot | None) -> None:
+        """Run items of ``batch`` on this lane, holding a place of ``slot``'s gate.
 
-    async def _run_segment(self, batch: OpenBatch, held: bool = False) -> bool:
-        """Run items of ``batch`` on this lane; return whether it still holds a gate place.
-
-        The place is kept while this job has items to start and no waiter of at least its
-        priority is queued: released here, it would go to a lower-priority waiter first.
+        The place is kept after the segment while this job has items to start and no waiter
+        of at least its priority is queued: released here, it would go to a lower-priority
+        waiter first. The lane releases it however it ends.
         """
-        gate = self.worker.gate
         priority = self.spec.priority
         batch.lanes += 1
         current: int | None = None
         scope = anyio.CancelScope(deadline=batch.deadline)
         batch.scopes.add(scope)
+        run_item = self._attempts.run_item
+        gate = None
         try:
-            if gate is not None and not held:
-                self._gate_waiting += 1
-                try:
-                    if gate.in_use >= gate.capacity:
-                        self._queue_demand(gate.capacity)
-                    await gate.acquire(priority)
-                finally:
-                    self._gate_waiting -= 1
-                held = True
+            if slot is not None:
+                gate = slot.gate
+                if not slot.held:
+                    self._gate_waiting += 1
+                    try:
+                        if gate.in_use >= gate.capacity:
+                            self._queue_demand(gate.capacity)
+                        await slot.acquire()
+                    finally:
+                        self._gate_waiting -= 1
             with scope:
                 items, rows, n = batch.items, batch.rows, len(batch.items)
                 while batch.next < n and not batch.closed:
@@ -493,96 +348,35 @@ class JobRunner:
                         self._need_more.set()
                     elif not self._waking:
                         self._wake_one()
-                    rows.append(await self._run_item(batch.ids[current], items[current]))
+                    rows.append(await run_item(batch.ids[current], items[current]))
                     current = None
                     batch.left -= 1
                     if not batch.left:
                         self._dirty.set()
                     if gate is not None and gate.contended(priority):
-                        gate.release()
-                        held = False
-                        await gate.acquire(priority)
-                        held = True
+                        assert slot is not None
+                        slot.release()
+                        await slot.acquire()
             if scope.cancelled_caught and not batch.closed:
                 self._time_out(batch, [] if current is None else [current], 1, None)
-        except BaseException:
-            if held:
-                self._release_gate()
-            raise
         finally:
             batch.scopes.discard(scope)
             batch.lanes -= 1
-        if not held or gate is None:
-            return False
+        if slot is None or gate is None:
+            return
         if not self.exhausted and self._pick() is None and not gate.contended(priority):
-            try:
-                await anyio.lowlevel.checkpoint()  # let _feed claim the job's next batch
-            except BaseException:
-                self._release_gate()
-                raise
+            await anyio.lowlevel.checkpoint()  # let _feed claim the job's next batch
         if gate.contended(priority) or self._pick() is None:
-            self._release_gate()
-            return False
-        return True
+            slot.release()
 
     def _time_out(
         self, batch: OpenBatch, running: Sequence[int], attempts: int, started: float | None
     ) -> None:
         """Fail what the batch did not finish by its deadline: the items ``running`` when it
         passed and every unstarted one."""
-        now = time.time()
-        message = (
-            f"the batch did not finish within {self.options.timeout:g} s "
-            "(JobOptions.timeout); this item was not completed"
-        )
-        indexes = [*running, *range(batch.next, len(batch.items))]
-        batch.next = len(batch.items)
-        batch.rows.extend(
-            OutcomeRow(
-                batch.ids[i],
-                False,
-                None,
-                message,
-                ErrorType.BATCH_TIMEOUT,
-                attempts,
-                started or now,
-                now,
-            )
-            for i in indexes
-        )
-        batch.left -= len(indexes)
+        batch.time_out(running, attempts, started, self.options.timeout)
         if not batch.left:
             self._dirty.set()
-
-    async def _run_item(self, item_id: str, item: Any) -> OutcomeRow:
-        options = self.options
-        call = self.processor.call
-        wants_attempt = self.processor.wants_attempt
-        item_timeout = options.item_timeout
-        started = time.time()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if item_timeout is not None:
-                    with anyio.fail_after(item_timeout):
-                        result = await (
-                            call(item, attempt=attempt) if wants_attempt else call(item)
-                        )
-                elif wants_attempt:
-                    result = await call(item, attempt=attempt)
-                else:
-                    result = await call(item)
-            except BaseException as exc:
-                if not _own_error(exc):
-                    raise
-                if attempt > options.max_retries or not _retried(exc):
-                    return _failed(item_id, exc, attempt, started)
-                await anyio.sleep(
-                    backoff_delay(attempt, options.retry_delay, options.retry_delay_max, self._rng)
-                )
-                continue
-            return _encode_result(item_id, result, attempt, started)
 
     async def _run_batch_call(self, batch: OpenBatch) -> None:
         """One ``process_batch`` call per attempt for the batch's items (at most
@@ -596,79 +390,19 @@ class JobRunner:
         batch.next = stop
         if stop == len(batch.items):
             self._need_more.set()
-        pending = list(range(start, stop))
-        started = time.time()
+        call = BatchCall(list(range(start, stop)))
         scope = anyio.CancelScope(deadline=batch.deadline)
         batch.scopes.add(scope)
-        attempt = 0
         try:
             with scope:
-                while pending:
-                    attempt += 1
-                    retry: list[int] = []
-                    final: list[OutcomeRow] = []
-                    error: BaseException | None = None
-                    results: Any = None
-                    try:
-                        args = [batch.items[i] for i in pending]
-                        if options.item_timeout is not None:
-                            with anyio.fail_after(options.item_timeout):
-                                results = await self._call_batch(args, attempt)
-                        else:
-                            results = await self._call_batch(args, attempt)
-                    except BaseException as exc:
-                        if not _own_error(exc):
-                            raise
-                        error = exc
-                    listed: list[Any] | str = []
-                    if error is None:
-                        listed = _result_list(results, len(pending))
-                    if isinstance(listed, str):
-                        final = [
-                            _fail(batch.ids[i], listed, ErrorType.INVALID_RESULT, attempt, started)
-                            for i in pending
-                        ]
-                        pending = []
-                    elif error is not None:
-                        if attempt > options.max_retries or not _retried(error):
-                            final = [
-                                _failed(batch.ids[i], error, attempt, started) for i in pending
-                            ]
-                        else:
-                            retry = pending
-                    else:
-                        for i, result in zip(pending, listed, strict=True):
-                            if isinstance(result, BaseException):
-                                if attempt > options.max_retries or not _retried(result):
-                                    final.append(
-                                        _failed(batch.ids[i], result, attempt, started, "returned")
-                                    )
-                                else:
-                                    retry.append(i)
-                            else:
-                                final.append(_encode_result(batch.ids[i], result, attempt, started))
-                    batch.rows.extend(final)
-                    batch.left -= len(final)
-                    pending = retry
-                    if pending:
-                        await anyio.sleep(
-                            backoff_delay(
-                                attempt, options.retry_delay, options.retry_delay_max, self._rng
-                            )
-                        )
+                await self._attempts.run_batch(batch, call)
             if scope.cancelled_caught and not batch.closed:
-                self._time_out(batch, pending, attempt, started)
+                self._time_out(batch, call.pending, call.attempt, call.started)
         finally:
             batch.scopes.discard(scope)
             batch.lanes -= 1
             if not batch.left:
                 self._dirty.set()
-
-    async def _call_batch(self, items: list[Any], attempt: int) -> Any:
-        """One process_batch call."""
-        if self.processor.wants_attempt:
-            return await self.processor.call(items, attempt=attempt)
-        return await self.processor.call(items)
 
     # -- recording --------------------------------------------------------------------------
 
@@ -679,7 +413,7 @@ class JobRunner:
             while True:
                 if failures:
                     # Unrecorded outcomes stay in memory meanwhile; more may gather.
-                    await anyio.sleep(self.worker.outage.delay(failures))
+                    await anyio.sleep(self.host.outage.delay(failures))
                 else:
                     with anyio.move_on_after(tick):
                         await self._dirty.wait()
@@ -692,12 +426,12 @@ class JobRunner:
                 if closing:
                     return
         finally:
-            self.worker.outage.forget(self)
+            self.host.outage.forget(self)
 
     async def _flush(self) -> bool:
         """Record what finished since the last flush; False if the store did not answer (the
         outcomes are kept and sent again by the next flush)."""
-        if self._failing is not None and not await self._fail_job(self._failing):
+        if self._failing is not None and not await self._fail_job(*self._failing):
             return False
         reports: list[tuple[OpenBatch, int, bool]] = []
         for batch in self.open:
@@ -727,9 +461,9 @@ class JobRunner:
             for batch, _, done in reports:
                 if done:
                     batch.closed = False
-            self.worker.outage.failed(f"recording outcomes of job {self.spec.id}", exc, self)
+            self.host.outage.failed(f"recording outcomes of job {self.spec.id}", exc, self)
             return False
-        self.worker.outage.answered(self)
+        self.host.outage.answered(self)
         for batch, n, _ in reports:
             batch.flushed = n
         lost = set(progress.lost)
@@ -740,23 +474,25 @@ class JobRunner:
         if progress.status.is_terminal:
             self.stop(ended=True)
             return True
-        error = failure_ratio_exceeded(progress, self.options.max_failure_ratio)
-        if error is not None:
-            return await self._fail_job(error)
+        why = failure_ratio_exceeded(progress, self.options.max_failure_ratio)
+        if why is not None:
+            return await self._fail_job(why, datetime.now(UTC))
         return True
 
-    async def _fail_job(self, error: ProcessingError) -> bool:
+    async def _fail_job(self, message: str, at: datetime) -> bool:
         """Fail the job (too many items failed); False, to try again, if the store did not
         answer."""
-        self._failing = error
+        self._failing = message, at
         try:
-            await self.store.finish_job(self.spec.id, JobStatus.FAILED, error)
+            await self.host.lifecycle.fail(
+                self.spec.id, ErrorType.FAILURE_RATIO_EXCEEDED, message, at=at
+            )
         except Exception as exc:
             if not store_failure(exc):
                 raise
-            self.worker.outage.failed(f"failing job {self.spec.id}", exc, self)
+            self.host.outage.failed(f"failing job {self.spec.id}", exc, self)
             return False
-        self.worker.outage.answered(self)
+        self.host.outage.answered(self)
         self._failing = None
         self.stop(ended=True)
         return True

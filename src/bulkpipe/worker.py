@@ -19,8 +19,8 @@ from .error_types import ErrorType
 from .errors import InvalidArgument, StoreError
 from .gate import PriorityGate
 from .heartbeat import HeartbeatThread
-from .lifecycle import settle
-from .models import JobStatus, ProcessingError
+from .lifecycle import JobEvents, Lifecycle
+from .models import JobStatus
 from .outage import StoreOutage, store_failure
 from .processors import ProcessorRegistry
 from .runner import JobRunner
@@ -63,6 +63,10 @@ class Worker:
     unreachable and once that it is back, and goes on by itself when it is. With
     ``give_up_after`` (seconds; default: never) :meth:`serve` and :meth:`run` end with a
     :class:`~bulkpipe.StoreError` once the store has not answered for that long.
+
+    Each job this worker ends (completes, fails) is announced on ``events``
+    (:class:`~bulkpipe.lifecycle.JobEvents`; a pipeline passes the one it shares with all of
+    its workers), as ``listener(job_id, status)``.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Worker:
         max_items: int | None = None,
         max_memory: int | None = None,
         give_up_after: float | None = None,
+        events: JobEvents | None = None,
     ) -> None:
         if give_up_after is not None and not give_up_after > 0:
             raise InvalidArgument(
@@ -90,6 +95,9 @@ class Worker:
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, not {poll_interval}")
         self.store = store
+        #: Ends jobs (completing, failing) and announces it on ``events`` (shared with the
+        #: pipeline that made this worker; else one of its own).
+        self.lifecycle = Lifecycle(store, events)
         self.registry = registry if registry is not None else ProcessorRegistry(processors)
         if registry is not None and processors:
             for name, processor in processors.items():
@@ -133,8 +141,6 @@ class Worker:
         self._stopping = False
         self._wake = anyio.Event()
         self._served = anyio.Event()
-        #: Called with a job id whenever a job run here ends (the pipeline wakes its waiters).
-        self.on_job_end: Callable[[str], None] | None = None
         #: The lease-renewing thread while serving on a store that allows one.
         self.heartbeat_thread: HeartbeatThread | None = None
         #: The blocked-loop watchdog while serving (None when ``blocked_loop_threshold`` is).
@@ -339,37 +345,24 @@ class Worker:
         if spec.options_error is not None:
             # The stored row cannot be read: fail the job, never the worker.
             await self.store.release([claimed.lease])
-            _, changed = await self.store.finish_job(
-                spec.id,
-                JobStatus.FAILED,
-                ProcessingError(
-                    item_id=None,
-                    error=spec.options_error,
-                    error_type=ErrorType.UNREADABLE_JOB,
-                    timestamp=datetime.now(UTC),
-                ),
+            _, changed = await self.lifecycle.fail(
+                spec.id, ErrorType.UNREADABLE_JOB, spec.options_error
             )
             if changed:  # once, though several workers may claim it at the same time
                 log.error("job %s: %s; the job was marked failed", spec.id, spec.options_error)
-            if self.on_job_end is not None:
-                self.on_job_end(spec.id)
             return
         try:
             processor = await self.registry.ready(spec.type)
         except Exception as exc:
             log.exception("job %s: processor %r could not be loaded", spec.id, spec.type)
-            error = ProcessingError(
-                item_id=None,
-                error=f"processor {spec.type!r} could not be set up: {type(exc).__name__}: {exc}",
-                error_type=ErrorType.PROCESSOR_SETUP_ERROR,
-                timestamp=datetime.now(UTC),
-            )
+            why = f"processor {spec.type!r} could not be set up: {type(exc).__name__}: {exc}"
+            at = datetime.now(UTC)
             await self.until_answered(
                 f"releasing a batch of job {spec.id}", lambda: self.store.release([claimed.lease])
             )
             await self.until_answered(
                 f"failing job {spec.id}",
-                lambda: self.store.finish_job(spec.id, JobStatus.FAILED, error),
+                lambda: self.lifecycle.fail(spec.id, ErrorType.PROCESSOR_SETUP_ERROR, why, at=at),
             )
             return
         if spec.id in self._stopped_jobs:  # cancelled while the claim was on its way back
@@ -383,8 +376,6 @@ class Worker:
             await runner.run(claimed)
         finally:
             del self.runners[spec.id]
-            if self.on_job_end is not None:
-                self.on_job_end(spec.id)
 
     async def claim(self, job_id: str) -> ClaimedBatch | None:
         """Claim the next batch of one job this worker already runs."""
@@ -570,11 +561,9 @@ class Worker:
                     continue
                 if job.processed_items < job.total_items:
                     continue
-                progress = await self.store.record(job.id, [])
-                if await settle(self.store, job.id, progress) is not None:
+                progress = await self.store.progress(job.id)
+                if await self.lifecycle.settle(job.id, progress) is not None:
                     log.info("worker %s: completed job %s left unsettled", self.worker_id, job.id)
-                    if self.on_job_end is not None:
-                        self.on_job_end(job.id)
             if len(jobs) < page:
                 return
             offset += page

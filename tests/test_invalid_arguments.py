@@ -29,16 +29,6 @@ async def _source(params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield {"id": "a"}
 
 
-def _pending(case: Any) -> Any:
-    return pytest.param(
-        *case.values,
-        id=case.id,
-        marks=pytest.mark.xfail(
-            strict=True, raises=(ValueError, TypeError), reason="pending: module restructured"
-        ),
-    )
-
-
 #: (call, expected class, words the message must hold).
 CASES: list[Any] = [
     pytest.param(
@@ -62,7 +52,7 @@ CASES: list[Any] = [
         "Pipeline or JobStore",
         id="create_app",
     ),
-    _pending(
+    (
         pytest.param(
             lambda: Pipeline().register_source("", _source),
             InvalidArgumentType,
@@ -70,7 +60,7 @@ CASES: list[Any] = [
             id="register_source-name",
         )
     ),
-    _pending(
+    (
         pytest.param(
             lambda: Pipeline().register_source("s", 42),  # type: ignore[arg-type]
             InvalidArgumentType,
@@ -78,19 +68,19 @@ CASES: list[Any] = [
             id="register_source-42",
         )
     ),
-    _pending(
+    (
         pytest.param(
             lambda: Pipeline(max_in_flight=0), InvalidArgument, "at least 1", id="max_in_flight"
         )
     ),
-    _pending(pytest.param(lambda: PriorityGate(0), InvalidArgument, "at least 1", id="gate")),
+    (pytest.param(lambda: PriorityGate(0), InvalidArgument, "at least 1", id="gate")),
     *(
-        _pending(
+        (
             pytest.param(
                 (lambda kwargs=kwargs: Worker(MemoryStore(), **kwargs)),
                 InvalidArgument,
                 name,
-                id=f"Worker-{name}",
+                id=f"Worker-{name}={kwargs[name]}",
             )
         )
         for name, kwargs in [
@@ -99,6 +89,9 @@ CASES: list[Any] = [
             ("blocked_loop_threshold", {"blocked_loop_threshold": 0}),
             ("max_items", {"max_items": 0}),
             ("max_memory", {"max_memory": 0}),
+            ("lease_timeout", {"lease_timeout": float("inf")}),
+            ("lease_timeout", {"lease_timeout": float("nan")}),
+            ("poll_interval", {"poll_interval": 1e9}),
         ]
     ),
 ]

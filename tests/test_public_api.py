@@ -28,6 +28,7 @@ EXPECTED = {
     "ItemSourceError",
     "ItemStatus",
     "Job",
+    "JobEvents",
     "JobNotCancellable",
     "JobNotFinished",
     "JobNotFound",

@@ -17,6 +17,7 @@ from .errors import (
     UnknownSource,
     WaitTimeout,
 )
+from .lifecycle import JobEvents
 from .models import ItemOutcome, ItemStatus, Job, JobStatus, JobSummary, ProcessingError
 from .options import JobOptions
 from .pipeline import Pipeline, Source
@@ -37,6 +38,7 @@ __all__ = [
     "ItemSourceError",
     "ItemStatus",
     "Job",
+    "JobEvents",
     "JobNotCancellable",
     "JobNotFinished",
     "JobNotFound",

@@ -7,6 +7,8 @@ import itertools
 
 import anyio
 
+from .errors import InvalidArgument
+
 
 class PriorityGate:
     """Admits at most ``capacity`` holders; when full, the highest-priority waiter goes next
@@ -14,7 +16,10 @@ class PriorityGate:
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
-            raise ValueError(f"max_in_flight must be at least 1, not {capacity}")
+            raise InvalidArgument(
+                f"max_in_flight must be at least 1, not {capacity}; pass None for no limit "
+                "across jobs"
+            )
         self.capacity = capacity
         self._free = capacity
         self._waiters: list[tuple[int, int, anyio.Event]] = []

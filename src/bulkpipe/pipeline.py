@@ -6,7 +6,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
@@ -20,6 +20,7 @@ from ._snapshot import OPTIONS_UNREADABLE
 from .error_types import ErrorType
 from .errors import (
     InvalidArgument,
+    InvalidArgumentType,
     ItemSourceError,
     JobNotCancellable,
     JobNotFinished,
@@ -30,15 +31,15 @@ from .errors import (
     WaitTimeout,
 )
 from .gate import PriorityGate
-from .items import chunked, duplicate_errors, encode_items
 from .jobs import new_job
 from .lifecycle import JobEvents, Lifecycle
-from .models import ItemOutcome, ItemStatus, Job, JobStatus, ProcessingError
+from .models import ItemOutcome, ItemStatus, Job, JobStatus
 from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
 from .outage import FIRST_DELAY, MAX_DELAY
 from .processors import ProcessorRegistry
 from .retry import backoff_delay
-from .store import EncodedItem, JobStore, Page
+from .store import JobStore, Page
+from .submission import ADD_ITEMS, Encoded, ItemWriter
 from .worker import Worker
 
 log = logging.getLogger("bulkpipe.pipeline")
@@ -50,15 +51,9 @@ E = TypeVar("E", bound=StrEnum)
 
 _POLL_MIN, _POLL_MAX = 0.005, 0.25
 
-#: Items one store call adds at most (at least one batch), when they arrive faster than the
-#: store takes them.
-_ADD_ITEMS = 1000
 #: The default byte budget of one page of outcomes read by :meth:`Pipeline.outcomes` and the
 #: HTTP API (UTF-8 bytes of item ids, results and errors; a larger outcome comes alone).
 OUTCOME_PAGE_BYTES = 8 * 1024 * 1024
-
-#: A batch of encoded items and the errors of the items of its chunk that were refused.
-_Encoded = tuple[list[EncodedItem], list[ProcessingError]]
 
 
 class Pipeline:
@@ -202,9 +197,15 @@ class Pipeline:
     def register_source(self, name: str, source: Source) -> None:
         """Register an item source: an async generator function taking the job's params."""
         if not isinstance(name, str) or not name:
-            raise TypeError(f"a source name must be a non-empty string, not {name!r}")
+            raise InvalidArgumentType(
+                f"a source name must be a non-empty string, not {name!r}; register it under "
+                "the name jobs pass as source="
+            )
         if not callable(source):
-            raise TypeError(f"source {name!r} must be callable, got {type(source).__name__}")
+            raise InvalidArgumentType(
+                f"source {name!r} must be callable, got {type(source).__name__}; pass an async "
+                "generator function taking the job's params"
+            )
         self._sources[name] = source
 
     # -- submitting -------------------------------------------------------------------------
@@ -282,65 +283,14 @@ class Pipeline:
     async def _fill(
         self, job_id: str, stream: Iterable[Any] | AsyncIterable[Any], options: JobOptions
     ) -> None:
-        # Reading and storing overlap (group commit). The first batch is stored at once, so
-        # that the job starts at once; after it, each store call takes every batch read since
-        # the last call, up to _ADD_ITEMS items. Reading goes on without yielding until the
-        # source waits or a call's worth is waiting, so a fast source costs few round trips
-        # and a slow one still has its batches stored as soon as it waits. At most two calls'
-        # worth (and the batch being read) is held: the call being stored and the next one.
-        per_call = max(1, _ADD_ITEMS // options.batch_size)
-        send, receive = anyio.create_memory_object_stream[_Encoded](per_call)
-        position = 0
-        failure: Exception | None = None
-
-        async def next_group() -> list[_Encoded]:
-            """The batches read since the last call, up to a call's worth, waiting for the
-            first one; [] once every item is read."""
-            try:
-                group = [await receive.receive()]
-            except anyio.EndOfStream:
-                return []
-            with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
-                while len(group) < per_call:
-                    group.append(receive.receive_nowait())
-            return group
-
-        async def store_batches() -> None:
-            nonlocal failure
-            with receive:
-                try:
-                    while group := await next_group():
-                        await self._add(job_id, group, options.id_key)
-                except Exception as exc:
-                    failure = exc
-                    tg.cancel_scope.cancel()
-
+        writer = ItemWriter(self.store, job_id, options, on_added=self._wake_workers)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(store_batches)
-                try:
-                    with send:
-                        async for chunk in chunked(stream, options.batch_size):
-                            batch = encode_items(chunk, options.id_key, position)
-                            first = position == 0
-                            position += len(chunk)
-                            if first:  # stored at once, so that the job starts at once
-                                await self._add(job_id, [batch], options.id_key)
-                                continue
-                            try:
-                                send.send_nowait(batch)
-                            except anyio.WouldBlock:  # a call's worth is waiting already
-                                await send.send(batch)
-                except Exception as exc:
-                    if failure is None:  # else the stream broke because a store call failed
-                        failure = exc
-                    tg.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
+            await writer.write(stream)
         except Exception as exc:
             await self._abandon(
                 job_id,
-                f"reading the items failed after {position} items: {type(exc).__name__}: {exc}",
+                f"reading the items failed after {writer.position} items: "
+                f"{type(exc).__name__}: {exc}",
                 ErrorType.ITEM_SOURCE_ERROR,
             )
             raise ItemSourceError(job_id, exc) from exc
@@ -350,11 +300,15 @@ class Pipeline:
             with anyio.CancelScope(shield=True):
                 await self._abandon(
                     job_id,
-                    f"the submit call was cancelled after {position} items",
+                    f"the submit call was cancelled after {writer.position} items",
                     ErrorType.SUBMIT_CANCELLED,
                 )
             raise
         await self._seal(job_id)
+
+    def _wake_workers(self, job_id: str) -> None:
+        for worker in self.workers:
+            worker.wake(job_id)
 
     async def _abandon(self, job_id: str, message: str, error_type: ErrorType) -> None:
         at = datetime.now(UTC)
@@ -362,24 +316,10 @@ class Pipeline:
             await worker.stop_job(job_id)
         await self._lifecycle.fail(job_id, error_type, message, at=at)
 
-    async def _add(self, job_id: str, batches: Sequence[_Encoded], id_key: str) -> None:
-        """Store the batches in one call, then the errors of their refused items in one."""
-        rejected = [error for _, errors in batches for error in errors]
-        encoded = [items for items, _ in batches if items]
-        if encoded:
-            duplicates = await self.store.add_batches(job_id, encoded)
-            if duplicates:
-                rejected += duplicate_errors(duplicates, id_key)
-            for worker in self.workers:
-                worker.wake(job_id)
-        if rejected:
-            await self.store.add_errors(job_id, rejected, len(rejected))
-
     async def _seal(self, job_id: str) -> None:
         progress = await self.store.seal_job(job_id)
         await self._lifecycle.settle(job_id, progress)
-        for worker in self.workers:
-            worker.wake(job_id)
+        self._wake_workers(job_id)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -551,17 +491,18 @@ class Pipeline:
         priority = min(max(job.priority, PRIORITY_MIN), PRIORITY_MAX)
         retry = self._new_job(job.type, opts, priority, retry_of=job_id, owner=job.owner)
         await self.store.create_job(retry)
+        writer = ItemWriter(self.store, retry.id, opts, on_added=self._wake_workers)
         cursor: int | None = None
         size = opts.batch_size
         while True:
             page = await self.store.read_failed_items(
-                job_id, cursor=cursor, limit=size * max(1, _ADD_ITEMS // size)
+                job_id, cursor=cursor, limit=size * max(1, ADD_ITEMS // size)
             )
             if page.rows:
-                batches: list[_Encoded] = [
+                batches: list[Encoded] = [
                     (page.rows[i : i + size], []) for i in range(0, len(page.rows), size)
                 ]
-                await self._add(retry.id, batches, opts.id_key)
+                await writer.add(batches)
                 await anyio.lowlevel.checkpoint()  # let workers start on what is in
             if page.cursor is None:
                 break

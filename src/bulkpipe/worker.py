@@ -29,6 +29,10 @@ from .watchdog import LoopWatchdog, resident_memory
 
 log = logging.getLogger("bulkpipe.worker")
 
+#: The longest ``lease_timeout`` and ``poll_interval`` a worker takes, in seconds.
+MAX_LEASE_TIMEOUT = 86_400.0
+MAX_POLL_INTERVAL = 3_600.0
+
 T = TypeVar("T")
 
 
@@ -91,9 +95,24 @@ class Worker:
                 f"give_up_after must be a positive number of seconds (or None), not {give_up_after}"
             )
         if lease_timeout <= 0:
-            raise ValueError(f"lease_timeout must be positive, not {lease_timeout}")
+            raise InvalidArgument(
+                f"lease_timeout must be a positive number of seconds, not {lease_timeout}; it "
+                "is how long a claimed batch stays this worker's without a heartbeat"
+            )
+        if not lease_timeout <= MAX_LEASE_TIMEOUT:  # also refuses NaN and infinity
+            raise InvalidArgument(
+                f"lease_timeout must be at most {MAX_LEASE_TIMEOUT:g} s, not {lease_timeout}; "
+                "a longer lease only delays taking over the batches of a dead worker"
+            )
         if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be positive, not {poll_interval}")
+            raise InvalidArgument(
+                f"poll_interval must be a positive number of seconds, not {poll_interval}; it "
+                "is how long an idle worker waits before looking for work again"
+            )
+        if not poll_interval <= MAX_POLL_INTERVAL:
+            raise InvalidArgument(
+                f"poll_interval must be at most {MAX_POLL_INTERVAL:g} s, not {poll_interval}"
+            )
         self.store = store
         #: Ends jobs (completing, failing) and announces it on ``events`` (shared with the
         #: pipeline that made this worker; else one of its own).
@@ -103,14 +122,21 @@ class Worker:
             for name, processor in processors.items():
                 registry.register(name, processor)
         if blocked_loop_threshold is not None and not blocked_loop_threshold > 0:
-            raise ValueError(
-                f"blocked_loop_threshold must be positive or None, not {blocked_loop_threshold}"
+            raise InvalidArgument(
+                f"blocked_loop_threshold must be positive or None, not {blocked_loop_threshold}; "
+                "pass None to turn the event-loop watchdog off"
             )
         self.blocked_loop_threshold = blocked_loop_threshold
         if max_items is not None and max_items < 1:
-            raise ValueError(f"max_items must be 1 or more, or None, not {max_items}")
+            raise InvalidArgument(
+                f"max_items must be 1 or more, or None, not {max_items}; pass None for a "
+                "worker that never recycles on items"
+            )
         if max_memory is not None and max_memory < 1:
-            raise ValueError(f"max_memory must be a positive number of bytes, not {max_memory}")
+            raise InvalidArgument(
+                f"max_memory must be a positive number of bytes, or None, not {max_memory}; "
+                "e.g. 2 * 1024**3 for 2 GiB"
+            )
         self.max_items = max_items
         self.max_memory = max_memory
         #: Items of the batches claimed so far (counted per batch, for ``max_items``).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from importlib.metadata import entry_points
@@ -13,6 +14,8 @@ import anyio.to_thread
 import attrs
 
 from .errors import InvalidArgumentType, UnknownProcessor
+
+log = logging.getLogger("bulkpipe.processors")
 
 #: The entry-point group where installed processors are found by name.
 ENTRY_POINT_GROUP = "bulkpipe.processors"
@@ -102,6 +105,28 @@ def adapt(name: str, processor: object) -> Adapted:
         batched=False,
         wants_attempt=_accepts_attempt(fn),
     )
+
+
+class HookAborted(Exception):
+    """A processor's ``setup()`` or ``teardown()`` raised a BaseException that is not an
+    Exception (SystemExit, KeyboardInterrupt...): it fails like any failing hook, instead of
+    ending the worker."""
+
+
+async def _hook(hook: Callable[[], Any], name: str) -> None:
+    """Run a processor's ``setup``/``teardown`` hook; a BaseException other than cancellation
+    comes back as :class:`HookAborted`."""
+    try:
+        await _maybe_await(hook())
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:
+        what = getattr(hook, "__name__", "hook")
+        raise HookAborted(
+            f"{what}() of processor {name!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class ThreadAborted(Exception):  # internal, unwrapped by the runner
@@ -199,14 +224,18 @@ class ProcessorRegistry:
                 if name not in self._ready:
                     setup = getattr(adapted.target, "setup", None)
                     if callable(setup):
-                        await _maybe_await(setup())
+                        await _hook(setup, name)
                     self._ready.add(name)
         return adapted
 
     async def teardown(self) -> None:
-        """Run the ``teardown()`` hook of every processor that was set up."""
+        """Run the ``teardown()`` hook of every processor that was set up; one that raises is
+        logged and the others still run."""
         for name in sorted(self._ready):
             teardown = getattr(self._adapted[name].target, "teardown", None)
             if callable(teardown):
-                await _maybe_await(teardown())
+                try:
+                    await _hook(teardown, name)
+                except Exception:
+                    log.exception("processor %r: teardown() failed", name)
         self._ready.clear()

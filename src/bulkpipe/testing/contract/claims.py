@@ -103,7 +103,7 @@ class ClaimsContract(ContractBase):
         await claim(store)
         again = await store.get_job(job.id)
         assert (again.status, again.started_at) == (JobStatus.PROCESSING, got.started_at)
-        assert (await store.record(job.id, [])).status is JobStatus.PROCESSING
+        assert (await store.progress(job.id)).status is JobStatus.PROCESSING
 
     @pytest.mark.anyio
     async def test_tokens_strictly_increase(self, store: JobStore) -> None:

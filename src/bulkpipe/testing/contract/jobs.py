@@ -174,7 +174,7 @@ class JobsContract(ContractBase):
         assert (await claim(store, job.id)).lease.batch_no == 0
         assert (await claim(store, job.id)).lease.batch_no == 1
         assert await store.claim_batch(worker_id="w1", lease_seconds=1, job_id=job.id) is None
-        progress = await store.record(job.id, [])
+        progress = await store.progress(job.id)
         assert (progress.total, progress.open_batches) == (3, 2)
 
     @pytest.mark.anyio
@@ -212,7 +212,7 @@ class JobsContract(ContractBase):
             assert claimed.lease.batch_no == no
             assert decoded(claimed.items) == decoded(encoded(size, start))
         assert await store.claim_batch(worker_id="w1", lease_seconds=1, job_id=job.id) is None
-        progress = await store.record(job.id, [])
+        progress = await store.progress(job.id)
         assert (progress.total, progress.open_batches) == (8, 5)
 
     @pytest.mark.anyio
@@ -242,7 +242,7 @@ class JobsContract(ContractBase):
         assert [c.lease.batch_no for c in claims] == [0, 1, 2, 3]
         assert [c.items[0][0] for c in claims[1:]] == ["item-2", "item-3", "item-4"]
         assert await store.claim_batch(worker_id="w1", lease_seconds=1, job_id=job.id) is None
-        progress = await store.record(job.id, [])
+        progress = await store.progress(job.id)
         assert (progress.total, progress.open_batches) == (5, 4)
 
     @pytest.mark.anyio
@@ -250,7 +250,7 @@ class JobsContract(ContractBase):
         job = await add_job(store, encoded(2))
         assert await store.add_batches(job.id, []) == []
         assert await store.add_batches(job.id, [[], []]) == []
-        progress = await store.record(job.id, [])
+        progress = await store.progress(job.id)
         assert (progress.total, progress.open_batches) == (2, 1)
         await store.add_batches(job.id, [encoded(1, 2)])
         await claim(store, job.id)

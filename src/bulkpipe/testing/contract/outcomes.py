@@ -146,7 +146,7 @@ class OutcomesContract(ContractBase):
         claimed = await claim(store)
         await store.record(job.id, [report(claimed, [fail_row("item-0")], done=False)])
         before = await store.get_job(job.id)
-        progress = await store.record(job.id, [])
+        progress = await store.progress(job.id)
         assert progress == Progress(
             status=JobStatus.PROCESSING,
             sealed=False,

@@ -52,36 +52,28 @@ CASES: list[Any] = [
         "Pipeline or JobStore",
         id="create_app",
     ),
-    (
-        pytest.param(
-            lambda: Pipeline().register_source("", _source),
-            InvalidArgumentType,
-            "source name",
-            id="register_source-name",
-        )
+    pytest.param(
+        lambda: Pipeline().register_source("", _source),
+        InvalidArgumentType,
+        "source name",
+        id="register_source-name",
     ),
-    (
-        pytest.param(
-            lambda: Pipeline().register_source("s", 42),  # type: ignore[arg-type]
-            InvalidArgumentType,
-            "callable",
-            id="register_source-42",
-        )
+    pytest.param(
+        lambda: Pipeline().register_source("s", 42),  # type: ignore[arg-type]
+        InvalidArgumentType,
+        "callable",
+        id="register_source-42",
     ),
-    (
-        pytest.param(
-            lambda: Pipeline(max_in_flight=0), InvalidArgument, "at least 1", id="max_in_flight"
-        )
+    pytest.param(
+        lambda: Pipeline(max_in_flight=0), InvalidArgument, "at least 1", id="max_in_flight"
     ),
-    (pytest.param(lambda: PriorityGate(0), InvalidArgument, "at least 1", id="gate")),
+    pytest.param(lambda: PriorityGate(0), InvalidArgument, "at least 1", id="gate"),
     *(
-        (
-            pytest.param(
-                (lambda kwargs=kwargs: Worker(MemoryStore(), **kwargs)),
-                InvalidArgument,
-                name,
-                id=f"Worker-{name}={kwargs[name]}",
-            )
+        pytest.param(
+            (lambda kwargs=kwargs: Worker(MemoryStore(), **kwargs)),
+            InvalidArgument,
+            name,
+            id=f"Worker-{name}={kwargs[name]}",
         )
         for name, kwargs in [
             ("lease_timeout", {"lease_timeout": 0}),

@@ -15,11 +15,15 @@ import os
 import sys
 import uuid
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
+
+from bulkpipe.store import JobStore
+from bulkpipe.stores import open_store
 
 # In CI the property tests draw the same examples on every run, so a submission's CI result
 # does not depend on luck; locally they explore new examples each run (and keep failures in
@@ -118,16 +122,39 @@ def drop_prefixed(prefix: str) -> None:
             conn.execute(f'DROP {what} IF EXISTS "{name}" CASCADE')
 
 
+@contextmanager
+def fresh_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh store URL of ``kind`` (memory, sqlite, postgres): PostgreSQL gets a unique table
+    prefix, dropped afterwards."""
+    if kind == "memory":
+        yield "memory://"
+    elif kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        postgres_or_skip()
+        prefix = f"t{uuid.uuid4().hex[:10]}_"
+        sep = "&" if "?" in POSTGRES_URL else "?"
+        try:
+            yield f"{POSTGRES_URL}{sep}prefix={prefix}"
+        finally:
+            drop_prefixed(prefix)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh SQL store URL: a SQLite file, or PostgreSQL with a unique table prefix."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-        return
-    postgres_or_skip()
-    prefix = f"t{uuid.uuid4().hex[:10]}_"
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}prefix={prefix}"
-    finally:
-        drop_prefixed(prefix)
+    with fresh_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store URL of every kind."""
+    with fresh_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def any_store(any_url: str) -> JobStore:
+    """A fresh, unopened store of every kind (from :func:`any_url`)."""
+    return open_store(any_url)

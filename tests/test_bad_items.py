@@ -7,8 +7,7 @@ seconds and then blame the server); now each is refused with its reason, and the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -20,11 +19,8 @@ from bulkpipe import ErrorType, JobStatus, Pipeline
 from bulkpipe.http import create_app
 from bulkpipe.items import MAX_ID_BYTES, encode_items
 from bulkpipe.store import JobStore
-from bulkpipe.stores import MemoryStore, SQLiteStore
-from bulkpipe.stores.postgres import PostgresStore
+from bulkpipe.stores import MemoryStore
 
-from . import pg
-from .conftest import POSTGRES_URL, drop_prefixed, postgres_or_skip
 from .helpers import PATIENCE, QUICK, outcome_map
 
 pytestmark = pytest.mark.anyio
@@ -55,20 +51,10 @@ async def echo(item: Mapping[str, Any]) -> dict[str, Any]:
     return {"v": item.get("v")}
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "sqlite":
-        yield SQLiteStore(tmp_path / "jobs.db")
-        return
-    postgres_or_skip()
-    prefix = pg.unique_prefix()
-    try:
-        yield PostgresStore(POSTGRES_URL, prefix=prefix)
-    finally:
-        drop_prefixed(prefix)
+@pytest.fixture
+def store(any_store: JobStore) -> JobStore:
+    """A fresh, unopened store of each kind."""
+    return any_store
 
 
 def _mixed() -> list[dict[str, Any]]:

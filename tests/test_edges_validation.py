@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from bulkpipe.cli import cli
 from bulkpipe.http import create_app
 from bulkpipe.options import MAX_RETRY_DELAY, MAX_TIMEOUT, PRIORITY_MAX, PRIORITY_MIN
 from bulkpipe.stores import open_store
-from tests.conftest import POSTGRES_URL, drop_prefixed, postgres_or_skip
 from tests.helpers import PATIENCE
 
 #: (field, value) pairs that must be refused: not finite, or past the field's bound.
@@ -52,22 +49,7 @@ async def echo(item: dict[str, Any]) -> dict[str, Any]:
     return {"seen": item["id"]}
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh store URL of every kind."""
-    if request.param == "memory":
-        yield "memory://"
-        return
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-        return
-    postgres_or_skip()
-    prefix = f"t{uuid.uuid4().hex[:10]}_"
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}prefix={prefix}"
-    finally:
-        drop_prefixed(prefix)
+# (any_url: the fixture in tests/conftest.py)
 
 
 # -- the model ----------------------------------------------------------------------------------

@@ -8,14 +8,11 @@ It buffers a streamed response until the app finishes it, so event streams are r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -32,8 +29,7 @@ from bulkpipe import (
 )
 from bulkpipe.http import Principal, create_app
 from bulkpipe.http.schemas import SubmitOptions
-from bulkpipe.stores import MemoryStore, open_store
-from tests.conftest import POSTGRES_URL, drop_prefixed, postgres_or_skip
+from bulkpipe.stores import MemoryStore
 from tests.helpers import PATIENCE
 
 pytestmark = pytest.mark.anyio
@@ -117,23 +113,10 @@ async def submit(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
 # -- every store ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    """A fresh store of each kind (PostgreSQL skipped when it is not available)."""
-    if request.param == "memory":
-        yield MemoryStore()
-    elif request.param == "sqlite":
-        yield open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
-    else:
-        if importlib.util.find_spec("bulkpipe.stores.postgres") is None:
-            pytest.skip("bulkpipe.stores.postgres is not there yet")
-        postgres_or_skip()
-        prefix = f"t{uuid.uuid4().hex[:10]}_"
-        sep = "&" if "?" in POSTGRES_URL else "?"
-        try:
-            yield open_store(f"{POSTGRES_URL}{sep}prefix={prefix}")
-        finally:
-            drop_prefixed(prefix)
+@pytest.fixture
+def store(any_store: JobStore) -> JobStore:
+    """A fresh store of each kind."""
+    return any_store
 
 
 async def test_submit_read_follow_and_page(store: JobStore) -> None:

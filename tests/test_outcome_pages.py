@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import tracemalloc
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,37 +25,21 @@ from bulkpipe.http import create_app
 from bulkpipe.http.sse import outcome_lines
 from bulkpipe.pipeline import OUTCOME_PAGE_BYTES
 from bulkpipe.store import JobStore, OutcomeRow, Page
-from bulkpipe.stores import MemoryStore, SQLiteStore
-from bulkpipe.stores.postgres import PostgresStore
 from bulkpipe.testing import add_job, claim, ok_row, report
-
-from . import pg
-from .conftest import POSTGRES_URL, drop_prefixed, postgres_or_skip
 
 pytestmark = pytest.mark.anyio
 
 MB = 1 << 20
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
-    made: JobStore
-    prefix = None
-    if request.param == "memory":
-        made = MemoryStore()
-    elif request.param == "sqlite":
-        made = SQLiteStore(tmp_path / "jobs.db")
-    else:
-        postgres_or_skip()
-        prefix = pg.unique_prefix()
-        made = PostgresStore(POSTGRES_URL, prefix=prefix)
-    await made.open()
+@pytest.fixture
+async def store(any_store: JobStore) -> AsyncIterator[JobStore]:
+    """A fresh, open store of each kind."""
+    await any_store.open()
     try:
-        yield made
+        yield any_store
     finally:
-        await made.close()
-        if prefix is not None:
-            drop_prefixed(prefix)
+        await any_store.close()
 
 
 async def job_with(store: JobStore, rows: list[OutcomeRow]) -> str:

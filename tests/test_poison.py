@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,9 @@ from pydantic import ValidationError
 
 from bulkpipe import ItemStatus, JobOptions, JobStatus, Pipeline
 from bulkpipe.store import JobStore
-from bulkpipe.stores import MemoryStore, open_store
+from bulkpipe.stores import open_store
 from bulkpipe.testing import add_job, claim, encoded, make_job, ok_row, report
 
-from .conftest import POSTGRES_URL, drop_prefixed, postgres_or_skip
 from .helpers import PATIENCE, eventually, make_items, outcome_map, quick
 
 pytestmark = pytest.mark.anyio
@@ -204,21 +202,10 @@ UNSTORABLE = {
 }
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+@pytest.fixture
+def store(any_store: JobStore) -> JobStore:
     """A fresh store of each kind (PostgreSQL with its own table prefix)."""
-    if request.param == "memory":
-        yield MemoryStore()
-    elif request.param == "sqlite":
-        yield open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
-    else:
-        postgres_or_skip()
-        prefix = f"t{uuid.uuid4().hex[:10]}_"
-        sep = "&" if "?" in POSTGRES_URL else "?"
-        try:
-            yield open_store(f"{POSTGRES_URL}{sep}prefix={prefix}")
-        finally:
-            drop_prefixed(prefix)
+    return any_store
 
 
 @pytest.mark.parametrize("value", list(UNSTORABLE.values()), ids=list(UNSTORABLE))

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -95,105 +95,6 @@ def outcome_from_row(
         attempts=attempts,
         started_at=datetime.fromtimestamp(started_at, UTC),
         finished_at=datetime.fromtimestamp(finished_at, UTC),
-    )
-
-
-class JobColumns(Protocol):
-    """The job columns every SQL store selects (``bulkpipe.stores._rows.JobRow``)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def options(self) -> str: ...  # JSON text
-    @property
-    def priority(self) -> int: ...
-    @property
-    def retry_of(self) -> str | None: ...
-    @property
-    def owner(self) -> str | None: ...
-    @property
-    def source(self) -> str | None: ...
-    @property
-    def params(self) -> Any: ...  # JSON text, or already decoded
-    @property
-    def sealed(self) -> bool: ...
-    @property
-    def total(self) -> int: ...
-    @property
-    def succeeded(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-    @property
-    def rejected(self) -> int: ...
-    @property
-    def error_count(self) -> int: ...
-    @property
-    def created_at(self) -> float: ...
-    @property
-    def started_at(self) -> float | None: ...
-    @property
-    def updated_at(self) -> float | None: ...
-    @property
-    def completed_at(self) -> float | None: ...
-
-
-def job_from_row(row: JobColumns, errors: list[ProcessingError]) -> Job:
-    """A :class:`Job` from the job columns a SQL store selects, read by name.
-
-    A row that cannot be read whole still gives a job: options that do not validate give the
-    default options, params that are not JSON give None, a status bulkpipe does not know reads
-    as ``failed``, and the snapshot's errors start with one ``ErrorType.UNREADABLE_JOB`` error
-    saying what could not be read."""
-    params, error_count, created_at = row.params, row.error_count, row.created_at
-    opts, problem = read_options(row.options)
-    if isinstance(params, str):
-        try:
-            params = json.loads(params)
-        except (ValueError, RecursionError) as exc:
-            params = None
-            problem = (problem + "; " if problem else "") + (
-                f"the job's stored params cannot be read ({type(exc).__name__}: {exc})"
-            )
-    try:
-        status = JobStatus(row.status)
-    except ValueError:  # a hand-edited row: no worker claims it, but it is still listed
-        status = JobStatus.FAILED
-        problem = (problem + "; " if problem else "") + (
-            f"the job's stored status {row.status!r} is not one bulkpipe knows"
-        )
-    if problem is not None and not any(e.error_type == ErrorType.UNREADABLE_JOB for e in errors):
-        # Not recorded yet (a worker records it when it fails the job): shown, not stored.
-        when = datetime.fromtimestamp(created_at, UTC)
-        unreadable = ProcessingError(
-            item_id=None, error=problem, error_type=ErrorType.UNREADABLE_JOB, timestamp=when
-        )
-        errors = [unreadable, *errors][:MAX_ERRORS]
-        error_count += 1
-    return build_job(
-        id=row.id,
-        type=row.type,
-        status=status,
-        options=opts,
-        priority=row.priority,
-        retry_of=row.retry_of,
-        owner=row.owner,
-        source=row.source,
-        params=params,
-        sealed=bool(row.sealed),
-        total=row.total,
-        succeeded=row.succeeded,
-        failed=row.failed,
-        rejected=row.rejected,
-        errors=errors,
-        error_count=error_count,
-        created_at=created_at,
-        started_at=row.started_at,
-        updated_at=row.updated_at,
-        completed_at=row.completed_at,
     )
 
 

@@ -16,6 +16,7 @@ never retries, so it is always False there.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Protocol, TypeVar
@@ -24,7 +25,8 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._snapshot import job_from_row, outcome_from_row
+from .._snapshot import MAX_ERRORS, build_job, outcome_from_row, read_options
+from ..error_types import ErrorType
 from ..errors import InvalidArgument, JobNotFound, StoreError
 from ..items import encode_json
 from ..models import ItemOutcome, Job, JobStatus, ProcessingError
@@ -111,6 +113,62 @@ def error_from_json(entry: Mapping[str, Any]) -> ProcessingError:
         error_type=entry["error_type"],
         timestamp=datetime.fromtimestamp(entry["at"], UTC),
         retry_count=entry["retry_count"],
+    )
+
+
+def job_from_row(row: JobRow, errors: list[ProcessingError]) -> Job:
+    """A :class:`Job` from the job columns a SQL store selects, read by name.
+
+    A row that cannot be read whole still gives a job: options that do not validate give the
+    default options, params that are not JSON give None, a status bulkpipe does not know reads
+    as ``failed``, and the snapshot's errors start with one ``ErrorType.UNREADABLE_JOB`` error
+    saying what could not be read."""
+    params, error_count, created_at = row.params, row.error_count, row.created_at
+    opts, problem = read_options(row.options)
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except (ValueError, RecursionError) as exc:
+            params = None
+            problem = (problem + "; " if problem else "") + (
+                f"the job's stored params cannot be read ({type(exc).__name__}: {exc})"
+            )
+    try:
+        status = JobStatus(row.status)
+    except ValueError:  # a hand-edited row: no worker claims it, but it is still listed
+        status = JobStatus.FAILED
+        problem = (problem + "; " if problem else "") + (
+            f"the job's stored status {row.status!r} is not one bulkpipe knows"
+        )
+    if problem is not None and not any(e.error_type == ErrorType.UNREADABLE_JOB for e in errors):
+        # Not recorded yet (a worker records it when it fails the job): shown, not stored.
+        when = datetime.fromtimestamp(created_at, UTC)
+        unreadable = ProcessingError(
+            item_id=None, error=problem, error_type=ErrorType.UNREADABLE_JOB, timestamp=when
+        )
+        errors = [unreadable, *errors][:MAX_ERRORS]
+        error_count += 1
+    return build_job(
+        id=row.id,
+        type=row.type,
+        status=status,
+        options=opts,
+        priority=row.priority,
+        retry_of=row.retry_of,
+        owner=row.owner,
+        source=row.source,
+        params=params,
+        sealed=bool(row.sealed),
+        total=row.total,
+        succeeded=row.succeeded,
+        failed=row.failed,
+        rejected=row.rejected,
+        errors=errors,
+        error_count=error_count,
+        created_at=created_at,
+        started_at=row.started_at,
+        updated_at=row.updated_at,
+        completed_at=row.completed_at,
     )
 
 

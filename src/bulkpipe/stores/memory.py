@@ -417,7 +417,7 @@ class MemoryStore:
         job = self._job(job_id)
         start = 0 if cursor is None else cursor
         outcomes = job.outcomes
-        budget = max_bytes
+        budget = _Budget(max_bytes)
         rows: list[ItemOutcome] = []
         if failed is True:
             positions = job.failed_pos
@@ -425,11 +425,8 @@ class MemoryStore:
             end = min(i + max(limit, 0), len(positions))
             while i < end:
                 row = outcomes[positions[i]]
-                if budget is not None:
-                    size = _size(row)
-                    if rows and size > budget:
-                        break
-                    budget -= size
+                if not budget.admits(row, first=not rows):
+                    break
                 rows.append(outcome_from_row(*row))
                 i += 1
             more = i < len(positions)
@@ -440,11 +437,8 @@ class MemoryStore:
         while pos < len(outcomes) and len(rows) < limit:
             row = outcomes[pos]
             if failed is None or row.ok:
-                if budget is not None:
-                    size = _size(row)
-                    if rows and size > budget:
-                        break
-                    budget -= size
+                if not budget.admits(row, first=not rows):
+                    break
                 rows.append(outcome_from_row(*row))
             pos += 1
         if failed is False:
@@ -460,6 +454,23 @@ class MemoryStore:
         chunk = job.failed_items[start : start + limit]
         end = start + len(chunk)
         return Page(rows=list(chunk), cursor=end if end < len(job.failed_items) else None)
+
+
+class _Budget:
+    """What is left of a page's ``max_bytes`` (None: no budget)."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.left = max_bytes
+
+    def admits(self, row: OutcomeRow, *, first: bool) -> bool:
+        """Whether ``row`` fits (the page's first row always does); counts it if so."""
+        if self.left is None:
+            return True
+        size = _size(row)
+        if not first and size > self.left:
+            return False
+        self.left -= size
+        return True
 
 
 def _size(row: OutcomeRow) -> int:

@@ -7,10 +7,28 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+import anyio
+
+from bulkpipe import Pipeline
+from bulkpipe.stores import open_store
 
 WORKER = Path(__file__).parent / "procs" / "worker_main.py"
+
+T = TypeVar("T")
+
+
+def client(url: str, fn: Callable[[Pipeline], Awaitable[T]]) -> T:
+    """Run ``fn`` with a client-only pipeline (no in-process workers) on ``url``."""
+
+    async def main() -> T:
+        async with Pipeline(store=open_store(url), workers=0) as pipeline:
+            return await fn(pipeline)
+
+    return anyio.run(main)
 
 
 class WorkerProcess:

@@ -7,31 +7,16 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 import pytest
 
 from bulkpipe import Job, JobOptions, JobStatus, Pipeline
-from bulkpipe.stores import open_store
 
-from .multiproc import WorkerProcess, processed
+from .multiproc import WorkerProcess, client, processed
 
 pytestmark = pytest.mark.subprocess
-
-T = TypeVar("T")
-
-
-def client(url: str, fn: Callable[[Pipeline], Awaitable[T]]) -> T:
-    """Run ``fn`` with a client-only pipeline (no in-process workers) on ``url``."""
-
-    async def main() -> T:
-        async with Pipeline(store=open_store(url), workers=0) as pipeline:
-            return await fn(pipeline)
-
-    return anyio.run(main)
 
 
 def submit(url: str, n: int, ms: int, **options: Any) -> str:

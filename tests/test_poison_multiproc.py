@@ -6,31 +6,16 @@ Each test runs on SQLite and on PostgreSQL (the ``store_url`` fixture in conftes
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 import pytest
 
 from bulkpipe import ItemOutcome, Job, JobOptions, JobStatus, Pipeline
-from bulkpipe.stores import open_store
 
-from .multiproc import WorkerProcess, processed
+from .multiproc import WorkerProcess, client, processed
 
 pytestmark = pytest.mark.subprocess
-
-T = TypeVar("T")
-
-
-def client(url: str, fn: Callable[[Pipeline], Awaitable[T]]) -> T:
-    """Run ``fn`` with a client-only pipeline (no in-process workers) on ``url``."""
-
-    async def main() -> T:
-        async with Pipeline(store=open_store(url), workers=0) as pipeline:
-            return await fn(pipeline)
-
-    return anyio.run(main)
 
 
 def test_workers_that_keep_dying_on_a_batch_are_stopped_by_max_claims(

@@ -14,9 +14,9 @@ import pytest
 
 from bulkpipe import JobOptions, JobStatus, Pipeline
 
-from .multiproc import WorkerProcess, processed
+from .multiproc import WorkerProcess, client, processed
 from .pg import POSTGRES_URL
-from .test_multiprocess import client, wait_terminal
+from .test_multiprocess import wait_terminal
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 

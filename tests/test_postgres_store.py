@@ -139,7 +139,7 @@ async def test_migrations_build_exactly_schema_sql(prefix: str) -> None:
 
 
 def test_migrations_are_numbered_from_one() -> None:
-    assert [number for number, _ in load_migrations("postgres", "x_")] == [1, 2]
+    assert [number for number, _ in load_migrations("postgres", "x_")] == [1, 2, 3]
 
 
 @pytest.mark.anyio

@@ -40,3 +40,6 @@ class ErrorType(StrEnum):
     ITEM_SOURCE_ERROR = "ItemSourceError"
     #: Job-level: the submit was cancelled before every item was stored.
     SUBMIT_CANCELLED = "SubmitCancelled"
+    #: Job-level: the submitter stopped renewing its submit lease (it died or hung) before every
+    #: item was stored; the items it stored ran, then the job ended failed.
+    SUBMIT_ABANDONED = "SubmitAbandoned"

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from ._sql import load_queries, schema_script
 
 _DIALECT = "sqlite"
-_TABLES = ("meta", "jobs", "batches", "items", "outcomes", "errors")
+_TABLES = ("meta", "jobs", "batches", "items", "outcomes", "errors", "workers", "locks")
 
 
 class SchemaObject(NamedTuple):

@@ -45,7 +45,10 @@ CREATE TABLE {prefix}jobs (
     created_at double precision NOT NULL,
     started_at double precision,
     updated_at double precision,
-    completed_at double precision
+    completed_at double precision,
+    submit_expires_at timestamptz,           -- the submit lease; NULL once sealed
+    abandoned boolean NOT NULL DEFAULT false, -- sealed because the submit lease expired
+    idempotency_key text                     -- unique per owner, or NULL
 );
 
 -- The jobs a worker may claim from, in claim order.
@@ -53,6 +56,19 @@ CREATE INDEX {prefix}jobs_active ON {prefix}jobs (priority DESC, seq)
     WHERE status IN ('pending', 'processing');
 CREATE INDEX {prefix}jobs_status ON {prefix}jobs (status, seq);
 CREATE INDEX {prefix}jobs_owner ON {prefix}jobs (owner, seq);
+
+-- The submits a worker may find abandoned.
+CREATE INDEX {prefix}jobs_submitting ON {prefix}jobs (submit_expires_at)
+    WHERE NOT sealed AND status IN ('pending', 'processing');
+
+-- One job per (owner, key); a NULL owner is its own owner, distinct from every string.
+CREATE UNIQUE INDEX {prefix}jobs_idempotency
+    ON {prefix}jobs ((owner IS NULL), COALESCE(owner, ''), idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- Terminal jobs by when they ended, for pruning.
+CREATE INDEX {prefix}jobs_ended ON {prefix}jobs (completed_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');
 
 -- One row per batch; state 0 pending, 1 leased, 2 done (only once recorded = size).
 CREATE TABLE {prefix}batches (
@@ -100,4 +116,23 @@ CREATE TABLE {prefix}outcomes (
     UNIQUE (job, item_id)
 );
 
-INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', '2');
+-- Workers that registered; one is live while its expires_at (the database clock) is ahead.
+CREATE TABLE {prefix}workers (
+    id text COLLATE "C" PRIMARY KEY,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    processors jsonb NOT NULL,               -- the processor names it serves, a JSON array
+    started_at double precision NOT NULL,
+    last_seen double precision NOT NULL,
+    expires_at timestamptz NOT NULL,
+    in_flight integer NOT NULL DEFAULT 0
+);
+
+-- Named locks with an expiry, for chores that one process at a time should do.
+CREATE TABLE {prefix}locks (
+    name text COLLATE "C" PRIMARY KEY,
+    holder text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
+INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', '3');

@@ -13,6 +13,9 @@ CREATE TABLE {prefix}meta (
 );
 
 -- One row per job; the counts change in the same transaction as the rows they count.
+-- The last line holds the columns that version 2 added, as SQLite writes an added column:
+-- submit_expires_at (the submit lease, NULL once sealed), abandoned (sealed because that lease
+-- expired: the job ends failed once its stored items have run) and idempotency_key.
 CREATE TABLE {prefix}jobs (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -36,11 +39,24 @@ CREATE TABLE {prefix}jobs (
     started_at REAL,
     updated_at REAL,
     completed_at REAL
-);
+, submit_expires_at REAL, abandoned INTEGER NOT NULL DEFAULT 0, idempotency_key TEXT);
 
 -- The jobs a worker may claim from, in claim order.
 CREATE INDEX {prefix}jobs_active ON {prefix}jobs (priority DESC, seq)
     WHERE status IN ('pending', 'processing');
+
+-- The submits a worker may find abandoned.
+CREATE INDEX {prefix}jobs_submitting ON {prefix}jobs (submit_expires_at)
+    WHERE NOT sealed AND status IN ('pending', 'processing');
+
+-- One job per (owner, key); a NULL owner is its own owner, distinct from every string.
+CREATE UNIQUE INDEX {prefix}jobs_idempotency
+    ON {prefix}jobs ((owner IS NULL), ifnull(owner, ''), idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- Terminal jobs by when they ended, for pruning.
+CREATE INDEX {prefix}jobs_ended ON {prefix}jobs (completed_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');
 
 -- One row per batch. A batch's items are the item rows with first_item < seq <= last_item
 -- (they are inserted by one statement under the write lock, so their seqs are consecutive).
@@ -102,3 +118,22 @@ CREATE TABLE {prefix}errors (
 );
 
 CREATE INDEX {prefix}errors_job ON {prefix}errors (job);
+
+-- Workers that registered; one is live while its expires_at is ahead of now.
+CREATE TABLE {prefix}workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    processors TEXT NOT NULL,        -- the processor names it serves, a JSON array
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    in_flight INTEGER NOT NULL DEFAULT 0
+);
+
+-- Named locks with an expiry, for chores that one process at a time should do.
+CREATE TABLE {prefix}locks (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);

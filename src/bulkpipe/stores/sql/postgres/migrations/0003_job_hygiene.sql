@@ -1,0 +1,46 @@
+-- Version 3: job hygiene. A job being submitted holds a submit lease that its submitter
+-- renews (a job whose lease expires is sealed as it stands and marked abandoned); a job may
+-- carry an idempotency key, unique per owner; workers register themselves; named locks let
+-- one worker at a time run store-wide chores (retention). Applied under an advisory lock, in
+-- one transaction, by PostgresStore.open().
+ALTER TABLE {prefix}jobs
+    ADD COLUMN submit_expires_at timestamptz,
+    ADD COLUMN abandoned boolean NOT NULL DEFAULT false,
+    ADD COLUMN idempotency_key text;
+
+-- Live unsealed jobs written before submit leases: their submitters (if any still run) do not
+-- renew, so give them a while to finish and then let workers end them as abandoned.
+UPDATE {prefix}jobs SET submit_expires_at = now() + interval '10 minutes'
+WHERE NOT sealed AND status IN ('pending', 'processing');
+
+-- The submits a worker may find abandoned.
+CREATE INDEX {prefix}jobs_submitting ON {prefix}jobs (submit_expires_at)
+    WHERE NOT sealed AND status IN ('pending', 'processing');
+
+-- One job per (owner, key); a NULL owner is its own owner, distinct from every string.
+CREATE UNIQUE INDEX {prefix}jobs_idempotency
+    ON {prefix}jobs ((owner IS NULL), COALESCE(owner, ''), idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- Terminal jobs by when they ended, for pruning.
+CREATE INDEX {prefix}jobs_ended ON {prefix}jobs (completed_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');
+
+-- Workers that registered; one is live while its expires_at (the database clock) is ahead.
+CREATE TABLE {prefix}workers (
+    id text COLLATE "C" PRIMARY KEY,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    processors jsonb NOT NULL,               -- the processor names it serves, a JSON array
+    started_at double precision NOT NULL,
+    last_seen double precision NOT NULL,
+    expires_at timestamptz NOT NULL,
+    in_flight integer NOT NULL DEFAULT 0
+);
+
+-- Named locks with an expiry, for chores that one process at a time should do.
+CREATE TABLE {prefix}locks (
+    name text COLLATE "C" PRIMARY KEY,
+    holder text NOT NULL,
+    expires_at timestamptz NOT NULL
+);

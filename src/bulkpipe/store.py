@@ -228,9 +228,40 @@ class JobStore(Protocol):
         out without loading the rows it leaves out."""
 
     async def read_failed_items(
-        self, job_id: str, *, cursor: int | None = None, limit: int = 1000
+        self,
+        job_id: str,
+        *,
+        cursor: int | None = None,
+        limit: int = 1000,
+        unfinished: bool = False,
     ) -> Page[EncodedItem]:
-        """The stored items whose final outcome is failed."""
+        """The stored items whose final outcome is failed; with ``unfinished``, also the items
+        that have no outcome at all (a cancelled or abandoned job's never-run items). Paged
+        as :meth:`read_outcomes` is: pass each page's ``cursor`` until it is None."""
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    async def delete_job(self, job_id: str, *, chunk_rows: int = 5000) -> bool:
+        """Delete a terminal job with its batches, items, outcomes and errors; True when
+        deleted, False (nothing deleted) when the job has not ended; :class:`JobNotFound`
+        for an unknown id.
+
+        Rows go at most ``chunk_rows`` at a time, each chunk its own short transaction, so
+        other jobs' claims never wait long; the job row goes last, so a delete cut short
+        leaves a terminal job that a repeated delete (or a prune) finishes."""
+
+    async def ended_jobs(
+        self, *, before: float, statuses: Collection[JobStatus], limit: int
+    ) -> list[str]:
+        """Up to ``limit`` ids of terminal jobs with a status in ``statuses`` that ended
+        before ``before`` (epoch seconds), the oldest first."""
+
+    async def try_lock(self, name: str, holder: str, seconds: float) -> bool:
+        """Take (or, for its holder, extend) the named lock for ``seconds``; False while
+        another holder has it unexpired. For chores one process at a time should do."""
+
+    async def unlock(self, name: str, holder: str) -> None:
+        """Give the named lock back, if ``holder`` has it."""
 
 
 @runtime_checkable

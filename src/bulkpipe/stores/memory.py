@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 import attrs
 
 from .._snapshot import MAX_ERRORS, build_job, errors_from_rows, outcome_from_row
-from ..errors import JobNotFound, StoreError
+from ..errors import StoreError
 from ..models import ItemOutcome, Job, JobStatus, ProcessingError
 from ..options import JobOptions
 from ..store import (
@@ -26,6 +26,7 @@ from ..store import (
     RenewResult,
 )
 from ._finish import check_finish_status, may_finish
+from ._memory_housekeeping import MemoryHousekeeping
 
 _PENDING, _LEASED, _DONE = 0, 1, 2
 
@@ -113,7 +114,7 @@ class _Job:
         )
 
 
-class MemoryStore:
+class MemoryStore(MemoryHousekeeping[_Job]):
     """Keeps jobs, items and outcomes in this process's memory.
 
     Fast and dependency-free, for tests, notebooks and one-shot runs; everything is lost when
@@ -128,6 +129,7 @@ class MemoryStore:
         self._active: dict[str, _Job] = {}
         self._seq = itertools.count()
         self._tokens = itertools.count(1)
+        self._locks: dict[str, tuple[str, float]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(jobs={len(self._jobs)})"
@@ -137,12 +139,6 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to release; the data stays until the store is garbage-collected."""
-
-    def _job(self, job_id: str) -> _Job:
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise JobNotFound(job_id) from None
 
     # -- submission -------------------------------------------------------------------------
 
@@ -445,15 +441,6 @@ class MemoryStore:
             while pos < len(outcomes) and not outcomes[pos].ok:
                 pos += 1  # so the cursor is None when no succeeded row is left
         return Page(rows=rows, cursor=pos if pos < len(outcomes) else None)
-
-    async def read_failed_items(
-        self, job_id: str, *, cursor: int | None = None, limit: int = 1000
-    ) -> Page[EncodedItem]:
-        job = self._job(job_id)
-        start = 0 if cursor is None else cursor
-        chunk = job.failed_items[start : start + limit]
-        end = start + len(chunk)
-        return Page(rows=list(chunk), cursor=end if end < len(job.failed_items) else None)
 
 
 class _Budget:

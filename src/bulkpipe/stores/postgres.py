@@ -35,12 +35,12 @@ from ._sqlbase import (
     ClaimRequest,
     FinishRequest,
     OutcomePageRequest,
-    SQLStore,
     error_from_json,
     error_json,
     job_params,
     progress_of,
 )
+from ._sqlhousekeeping import SQLHousekeeping
 
 try:
     import psycopg
@@ -67,7 +67,7 @@ Conn = psycopg.Connection[Row]
 Pool = psycopg_pool.ConnectionPool[Conn]
 
 
-class PostgresStore(SQLStore[Conn, Pool]):
+class PostgresStore(SQLHousekeeping[Conn, Pool]):
     """Keeps jobs, items and outcomes in PostgreSQL, shared by workers on many machines.
 
     ``dsn`` is a libpq connection string or URL (``postgresql://user@host:5432/db``). The

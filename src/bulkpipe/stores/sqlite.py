@@ -21,7 +21,8 @@ from ..models import Job, JobStatus, ProcessingError
 from ..store import BatchReport, ClaimedBatch, EncodedItem, Lease, Progress, RenewResult
 from ._finish import may_finish
 from ._rows import BatchLease, Counts, FailedItem, JobKey, JobRow, LeasedRow, OutcomeRecord, SpecRow
-from ._sqlbase import ClaimRequest, FinishRequest, OutcomePageRequest, SQLStore, progress_of
+from ._sqlbase import ClaimRequest, FinishRequest, OutcomePageRequest, progress_of
+from ._sqlhousekeeping import SQLHousekeeping
 from ._sqlite_errors import hint
 from ._sqlite_schema import expected_schema, schema_objects, statements
 
@@ -41,7 +42,7 @@ def _scalar(conn: Conn, query: str, params: dict[str, Any] | None = None) -> Any
     return value
 
 
-class SQLiteStore(SQLStore[Conn, Conn]):
+class SQLiteStore(SQLHousekeeping[Conn, Conn]):
     """Keeps jobs, items and outcomes in one SQLite file, shared safely by several processes.
 
     The file is created, with its tables, on first :meth:`open`; the schema is versioned and a

@@ -450,3 +450,61 @@ LEFT JOIN LATERAL (
 ) AS f ON true
 WHERE j.id = %(id)s
 ORDER BY f.id
+
+-- == housekeeping: delete and prune jobs, named locks, unfinished items ==
+-- Each statement runs alone, in autocommit (see stores/_sqlhousekeeping.py): a chunk of a
+-- delete is one short transaction that locks only the deleted job's rows, so claims of other
+-- jobs never wait for it. Child rows go before the job row.
+
+-- name: delete_outcomes_chunk --
+DELETE FROM {prefix}outcomes
+WHERE job = %(job)s
+  AND id IN (SELECT id FROM {prefix}outcomes WHERE job = %(job)s LIMIT %(chunk)s)
+
+-- name: delete_items_chunk --
+DELETE FROM {prefix}items
+WHERE job = %(job)s
+  AND item_id IN (SELECT item_id FROM {prefix}items WHERE job = %(job)s LIMIT %(chunk)s)
+
+-- name: delete_batches_chunk --
+DELETE FROM {prefix}batches
+WHERE job = %(job)s
+  AND batch_no IN (SELECT batch_no FROM {prefix}batches WHERE job = %(job)s LIMIT %(chunk)s)
+
+-- name: delete_job_row --
+DELETE FROM {prefix}jobs
+WHERE seq = %(job)s AND status IN ('completed', 'failed', 'cancelled')
+
+-- name: ended_jobs --
+-- The first condition repeats the jobs_ended index's, so that the index is used.
+SELECT id FROM {prefix}jobs
+WHERE status IN ('completed', 'failed', 'cancelled')
+  AND status IN (SELECT jsonb_array_elements_text(%(statuses)s::jsonb))
+  AND completed_at < %(before)s
+ORDER BY completed_at
+LIMIT %(limit)s
+
+-- name: try_lock --
+-- Taken when free, expired (by the database clock), or already the holder's (then extended);
+-- no row when not.
+INSERT INTO {prefix}locks AS l (name, holder, expires_at)
+VALUES (%(name)s, %(holder)s, now() + make_interval(secs => %(seconds)s))
+ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+WHERE l.holder = EXCLUDED.holder OR l.expires_at <= now()
+RETURNING l.holder
+
+-- name: unlock --
+DELETE FROM {prefix}locks WHERE name = %(name)s AND holder = %(holder)s
+
+-- name: unfinished_items --
+-- The items without an outcome or with a failed one, in item order (batch, then position);
+-- the cursor is batch_no * 2^32 + pos (pos counts from 1, so no item's cursor is 0).
+SELECT (i.batch_no::bigint << 32) | i.pos AS seq, i.item_id, i.payload
+FROM {prefix}items AS i
+LEFT JOIN {prefix}outcomes AS o ON o.job = i.job AND o.item_id = i.item_id
+WHERE i.job = %(job)s
+  AND i.batch_no >= (%(after)s::bigint >> 32)
+  AND ((i.batch_no::bigint << 32) | i.pos) > %(after)s
+  AND (o.ok IS NULL OR NOT o.ok)
+ORDER BY i.batch_no, i.pos
+LIMIT %(limit)s

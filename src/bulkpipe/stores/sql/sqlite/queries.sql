@@ -306,3 +306,61 @@ JOIN {prefix}items AS i ON i.job = o.job AND i.item_id = o.item_id
 WHERE o.job = :job AND o.ok = 0 AND o.seq > :after
 ORDER BY o.seq
 LIMIT :limit
+
+-- == housekeeping: delete and prune jobs, named locks, unfinished items ==
+-- Each statement runs alone, in autocommit (see stores/_sqlhousekeeping.py): a chunk of a
+-- delete is one short write transaction. Child rows go before the job row they refer to.
+
+-- name: delete_outcomes_chunk --
+DELETE FROM {prefix}outcomes
+WHERE seq IN (SELECT seq FROM {prefix}outcomes WHERE job = :job LIMIT :chunk)
+
+-- name: delete_items_chunk --
+DELETE FROM {prefix}items
+WHERE seq IN (SELECT seq FROM {prefix}items WHERE job = :job LIMIT :chunk)
+
+-- name: delete_errors_chunk --
+DELETE FROM {prefix}errors
+WHERE seq IN (SELECT seq FROM {prefix}errors WHERE job = :job LIMIT :chunk)
+
+-- name: delete_batches_chunk --
+DELETE FROM {prefix}batches
+WHERE job = :job
+  AND batch_no IN (SELECT batch_no FROM {prefix}batches WHERE job = :job LIMIT :chunk)
+
+-- name: delete_job_row --
+DELETE FROM {prefix}jobs
+WHERE seq = :job AND status IN ('completed', 'failed', 'cancelled')
+
+-- name: ended_jobs --
+-- The first condition repeats the jobs_ended index's, so that the index is used.
+SELECT id FROM {prefix}jobs
+WHERE status IN ('completed', 'failed', 'cancelled')
+  AND status IN (SELECT value FROM json_each(:statuses))
+  AND completed_at < :before
+ORDER BY completed_at
+LIMIT :limit
+
+-- name: try_lock --
+-- Taken when free, expired, or already the holder's (then extended); no row when not.
+INSERT INTO {prefix}locks (name, holder, expires_at) VALUES (:name, :holder, :now + :seconds)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE {prefix}locks.holder = excluded.holder OR {prefix}locks.expires_at <= :now
+RETURNING holder
+
+-- name: unlock --
+DELETE FROM {prefix}locks WHERE name = :name AND holder = :holder
+
+-- name: unfinished_items --
+-- The items without an outcome or with a failed one, in item order; the cursor is the item's
+-- seq, and the scan stays within the job's item range (its batches' first_item..last_item).
+SELECT i.seq, i.item_id, i.payload
+FROM {prefix}items AS i
+LEFT JOIN {prefix}outcomes AS o ON o.job = i.job AND o.item_id = i.item_id
+WHERE i.job = :job
+  AND i.seq > max(:after, (SELECT coalesce(min(first_item), 0) FROM {prefix}batches
+                           WHERE job = :job))
+  AND i.seq <= (SELECT coalesce(max(last_item), 0) FROM {prefix}batches WHERE job = :job)
+  AND (o.ok IS NULL OR o.ok = 0)
+ORDER BY i.seq
+LIMIT :limit

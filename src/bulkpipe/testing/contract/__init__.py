@@ -1,13 +1,14 @@
 """The example-based store contract: :class:`StoreContract`, joined from one class per area.
 
 Each area is its own module (jobs and submission, claims and leases, outcomes, progress, where
-pages end); a store passes the contract when a ``Test*`` subclass of :class:`StoreContract`
-passes.
+pages end, housekeeping); a store passes the contract when a ``Test*`` subclass of
+:class:`StoreContract` passes.
 """
 
 from __future__ import annotations
 
 from .claims import ClaimsContract
+from .housekeeping import HousekeepingContract
 from .jobs import JobsContract
 from .outcomes import OutcomesContract
 from .pages import PagesContract
@@ -17,7 +18,12 @@ __all__ = ["StoreContract"]
 
 
 class StoreContract(
-    JobsContract, ClaimsContract, OutcomesContract, ProgressContract, PagesContract
+    JobsContract,
+    ClaimsContract,
+    OutcomesContract,
+    ProgressContract,
+    PagesContract,
+    HousekeepingContract,
 ):
     """Example tests of every :class:`JobStore` semantic; subclass it to test a store.
 

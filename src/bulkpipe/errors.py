@@ -35,20 +35,24 @@ class JobNotCancellable(BulkpipeError):
 class JobNotFinished(BulkpipeError):
     """The job is still running; wait for it (or cancel it) before retrying its failed items."""
 
-    def __init__(self, job_id: str, status: str) -> None:
+    def __init__(self, job_id: str, status: str, *, deleting: bool = False) -> None:
         self.job_id = job_id
         self.status = status
-        super().__init__(
-            f"job {job_id!r} is still {status}; wait for it to end (or cancel it) before retrying"
-        )
+        if deleting:
+            message = f"job {job_id!r} is still {status}; cancel it first, then delete it"
+        else:
+            message = f"job {job_id!r} is still {status}; wait for it to end (or cancel it) "
+            message += "before retrying"
+        super().__init__(message)
 
 
 class NothingToRetry(BulkpipeError):
     """The job has no failed items, so there is nothing to retry."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, *, unfinished: bool = False) -> None:
         self.job_id = job_id
-        super().__init__(f"job {job_id!r} has no failed items; there is nothing to retry")
+        what = "failed or unfinished items" if unfinished else "failed items"
+        super().__init__(f"job {job_id!r} has no {what}; there is nothing to retry")
 
 
 class UnknownProcessor(BulkpipeError, LookupError):

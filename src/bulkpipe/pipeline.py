@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -16,15 +16,13 @@ import anyio
 from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
-from ._snapshot import OPTIONS_UNREADABLE
+from . import housekeeping
 from .error_types import ErrorType
 from .errors import (
     InvalidArgument,
     InvalidArgumentType,
     ItemSourceError,
     JobNotCancellable,
-    JobNotFinished,
-    NothingToRetry,
     PipelineClosed,
     UnknownProcessor,
     UnknownSource,
@@ -39,7 +37,7 @@ from .outage import FIRST_DELAY, MAX_DELAY
 from .processors import ProcessorRegistry
 from .retry import backoff_delay
 from .store import JobStore, Page
-from .submission import ADD_ITEMS, Encoded, ItemWriter
+from .submission import ItemWriter
 from .worker import Worker
 
 log = logging.getLogger("bulkpipe.pipeline")
@@ -469,22 +467,18 @@ class Pipeline:
             raise JobNotCancellable(job_id, job.status.value)
         return job
 
-    async def retry_failed(self, job_id: str, *, options: JobOptions | None = None) -> Job:
-        """A new job (``retry_of`` set) over exactly the items of ``job_id`` that failed.
+    async def retry_failed(
+        self, job_id: str, *, options: JobOptions | None = None, include_unfinished: bool = False
+    ) -> Job:
+        """A new job (``retry_of`` set) over exactly the items of ``job_id`` that failed; with
+        ``include_unfinished``, also those that never got an outcome (a cancelled or
+        abandoned job's never-run items).
 
-        :class:`NothingToRetry` if none failed; :class:`JobNotFinished` while it still runs.
+        :class:`NothingToRetry` if there are none; :class:`JobNotFinished` while it runs.
         """
         self._running()
         job = await self.store.get_job(job_id)
-        if not job.status.is_terminal:
-            raise JobNotFinished(job_id, job.status.value)
-        if job.failed_items == 0:
-            raise NothingToRetry(job_id)
-        if options is None and _unreadable(job):
-            raise InvalidArgument(
-                f"the stored options of job {job_id!r} cannot be read (see its errors); pass "
-                "options=... to retry it"
-            )
+        housekeeping.check_retry(job, options, unfinished=include_unfinished)
         opts = _validated(options or job.options)
         # Only a SQLite store written before the range was checked holds a priority outside
         # it; the retry takes the nearest bound, which keeps its place in the order.
@@ -492,23 +486,27 @@ class Pipeline:
         retry = self._new_job(job.type, opts, priority, retry_of=job_id, owner=job.owner)
         await self.store.create_job(retry)
         writer = ItemWriter(self.store, retry.id, opts, on_added=self._wake_workers)
-        cursor: int | None = None
-        size = opts.batch_size
-        while True:
-            page = await self.store.read_failed_items(
-                job_id, cursor=cursor, limit=size * max(1, ADD_ITEMS // size)
-            )
-            if page.rows:
-                batches: list[Encoded] = [
-                    (page.rows[i : i + size], []) for i in range(0, len(page.rows), size)
-                ]
-                await writer.add(batches)
-                await anyio.lowlevel.checkpoint()  # let workers start on what is in
-            if page.cursor is None:
-                break
-            cursor = page.cursor
+        await housekeeping.copy_items(self.store, job_id, writer, unfinished=include_unfinished)
         await self._seal(retry.id)
         return await self.store.get_job(retry.id)
+
+    async def delete(self, job_id: str) -> None:
+        """Delete a job that has ended, with its items and outcomes (see
+        :meth:`bulkpipe.store.JobStore.delete_job`); :class:`JobNotFinished` for a live job
+        (cancel it first), :class:`JobNotFound` for an unknown id."""
+        self._running()
+        await housekeeping.delete(self.store, job_id)
+
+    async def prune(
+        self,
+        *,
+        older_than: timedelta,
+        statuses: Iterable[JobStatus | str] = housekeeping.TERMINAL,
+    ) -> int:
+        """Delete the jobs of ``statuses`` (default: every terminal one) that ended more than
+        ``older_than`` ago, each as :meth:`delete` does; return how many were deleted."""
+        self._running()
+        return await housekeeping.prune(self.store, older_than=older_than, statuses=statuses)
 
 
 def _validated(options: JobOptions) -> JobOptions:
@@ -516,16 +514,6 @@ def _validated(options: JobOptions) -> JobOptions:
     validation, and a value that is not finite would be stored as JSON ``null``, which no
     worker can read back."""
     return JobOptions.model_validate(options.model_dump())
-
-
-def _unreadable(job: Job) -> bool:
-    """True if the job's stored options could not be read (its snapshot has default ones)."""
-    return any(
-        e.item_id is None
-        and e.error_type == ErrorType.UNREADABLE_JOB
-        and e.error.startswith(OPTIONS_UNREADABLE)
-        for e in job.errors
-    )
 
 
 class _Started:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
 import anyio
 import pytest
 
 from ...errors import InvalidArgument, JobNotFound
 from ...models import JobStatus
-from ...store import JobStore
+from ...store import EncodedItem, JobStore, Page
 from ..helpers import (
     UNKNOWN_JOB,
     add_job,
@@ -134,9 +135,7 @@ class HousekeepingContract(ContractBase):
     # -- unfinished items -------------------------------------------------------------------
 
     @pytest.mark.anyio
-    async def test_unfinished_items_are_the_failed_and_the_never_run(
-        self, store: JobStore
-    ) -> None:
+    async def test_unfinished_items_are_the_failed_and_the_never_run(self, store: JobStore) -> None:
         job = await add_job(store, encoded(3), encoded(3, 3), encoded(3, 6), seal=True)
         claimed = await claim(store, job.id)  # batch 0: item-0 failed, item-1 ok, done
         rows = [fail_row("item-0"), ok_row("item-1"), ok_row("item-2")]
@@ -147,11 +146,11 @@ class HousekeepingContract(ContractBase):
         failed = await read_pages(lambda c: store.read_failed_items(job.id, cursor=c, limit=2))
         assert [item_id for item_id, _ in failed] == ["item-0"]
         for limit in (1, 2, 100):
-            rows_read = await read_pages(
-                lambda c, n=limit: store.read_failed_items(
-                    job.id, cursor=c, limit=n, unfinished=True
-                )
-            )
+
+            def page(cursor: int | None, n: int = limit) -> Awaitable[Page[EncodedItem]]:
+                return store.read_failed_items(job.id, cursor=cursor, limit=n, unfinished=True)
+
+            rows_read = await read_pages(page)
             want = ["item-0", "item-4", "item-5", "item-6", "item-7", "item-8"]
             assert sorted(item_id for item_id, _ in rows_read) == want
             assert decoded(sorted(rows_read)) == decoded(

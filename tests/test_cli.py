@@ -28,9 +28,11 @@ UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"
 COMMANDS = {
     "cancel",
     "db",
+    "delete",
     "demo",
     "list",
     "processors",
+    "prune",
     "results",
     "retry",
     "serve",

@@ -11,6 +11,7 @@ import click
 from .db import db
 from .demo import demo
 from .errors import EXIT_OK, CliError, CliInterrupted, Interrupted, describe
+from .housekeeping import delete, prune
 from .jobs import cancel, list_jobs, results, retry, status, watch
 from .params import DEFAULT_STORE, STORE_ENV
 from .plugins import processors
@@ -89,6 +90,8 @@ for command in (
     list_jobs,
     cancel,
     retry,
+    delete,
+    prune,
     results,
     processors,
     db,

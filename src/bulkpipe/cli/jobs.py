@@ -246,21 +246,34 @@ def cancel(ctx: click.Context, job_id: str, as_json: bool, store: str | None) ->
 
 @click.command()
 @JOB
+@click.option(
+    "--include-unfinished",
+    is_flag=True,
+    help="Also run the items that never got an outcome (those a cancel or an abandoned "
+    "submit left).",
+)
 @wait_options
 @json_option
 @store_option
 @click.pass_context
 def retry(
-    ctx: click.Context, job_id: str, wait: bool, workers: int, as_json: bool, store: str | None
+    ctx: click.Context,
+    job_id: str,
+    include_unfinished: bool,
+    wait: bool,
+    workers: int,
+    as_json: bool,
+    store: str | None,
 ) -> None:
     """Retry the failed items of a job, as a new job.
 
-    The new job runs exactly the items of JOB that failed, with the same processor, options
-    and priority; its id is printed. JOB must have ended.
+    The new job runs exactly the items of JOB that failed (with --include-unfinished, also
+    those that never ran), with the same processor, options and priority; its id is printed.
+    JOB must have ended.
     """
 
     async def start(pipeline: Pipeline) -> Job:
-        return await pipeline.retry_failed(job_id)
+        return await pipeline.retry_failed(job_id, include_unfinished=include_unfinished)
 
     launch(ctx, store_url(ctx, store), start, wait=wait, workers=workers, as_json=as_json)
 

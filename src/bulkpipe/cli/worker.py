@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
+from datetime import timedelta
 
 import anyio
 import click
 
+from ..housekeeping import run_retention
 from ..processors import ProcessorRegistry
 from ..worker import Worker
 from .errors import redact
+from .housekeeping import DURATION
 from .params import POSITIVE, store_option, store_url
 from .runtime import open_cli_store
 
@@ -21,6 +23,24 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 #: The exit status of ``bulkpipe worker --exit-on-limit`` when --max-items or --max-memory was
 #: reached (EX_TEMPFAIL): the worker stopped cleanly and wants to be started again.
 EXIT_LIMIT = 75
+
+
+async def serve_with_retention(served: Worker, url: str, retention: timedelta | None) -> None:
+    """Run ``served`` until it stops and, with ``retention``, prune old jobs beside it (on a
+    store object of its own, so its deletes never queue behind the worker's calls)."""
+    if retention is None:
+        await served.run(handle_signals=True)
+        return
+    pruner = open_cli_store(url)
+    await pruner.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_retention, pruner, retention, served.worker_id)
+            await served.run(handle_signals=True)
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pruner.close()
 
 
 @click.command()
@@ -74,6 +94,14 @@ EXIT_LIMIT = 75
     help="Exit (status 2, one line on stderr) once the store has not answered for this long "
     "[default: never; the worker waits for the store and goes on when it is back].",
 )
+@click.option(
+    "--retention",
+    type=DURATION,
+    default=None,
+    help="Delete jobs that ended longer ago than this (30s, 15m, 12h, 7d), checking every "
+    "tenth of it (at most hourly); one worker of the store at a time does it [default: keep "
+    "every job].",
+)
 @click.option("--log-level", type=click.Choice(_LOG_LEVELS), default="info", show_default=True)
 @store_option
 @click.pass_context
@@ -86,6 +114,7 @@ def worker(
     max_memory: int | None,
     exit_on_limit: bool,
     give_up_after: float | None,
+    retention: timedelta | None,
     log_level: str,
     store: str | None,
 ) -> None:
@@ -101,6 +130,9 @@ def worker(
     claims nothing more, finishes its open batches and records them, then serves afresh (a new
     worker and processors; for --max-memory the process re-executes itself, same command and
     pid). With --exit-on-limit it exits with status 75 instead, for a supervisor to restart.
+
+    With --retention the worker also deletes the jobs that ended longer ago than that, with
+    their items and outcomes; workers take turns through a lock in the store.
     """
     url = store_url(ctx, store)
     logging.basicConfig(
@@ -126,7 +158,7 @@ def worker(
             f"{', '.join(names) or '(none)'}; stop with Ctrl-C or SIGTERM",
             err=True,
         )
-        anyio.run(functools.partial(served.run, handle_signals=True))
+        anyio.run(serve_with_retention, served, url, retention)
         limit = served.limit_reached
         if limit is None or served.stop_requested:
             break

@@ -21,7 +21,7 @@ from ..store import JobStore
 from . import problems
 from .auth import AuthCallable, Principal, principal_dependency
 from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS, BodyLimit
-from .schemas import INT32_MAX, JobList, OutcomePage, Problem, SubmitJob
+from .schemas import INT32_MAX, JobList, OutcomePage, Problem, RetryJob, SubmitJob
 from .sse import EventStream, job_events, outcome_lines
 
 __all__ = ["create_app"]
@@ -225,21 +225,43 @@ class _Routes:
             response_model=Job,
             name="retry_job",
             summary="Retry a job's failed items",
-            description="A new job (its `retry_of` set) over exactly the items that failed. "
-            "409 when none failed or the job is still running.",
+            description="A new job (its `retry_of` set) over exactly the items that failed "
+            "(with `include_unfinished`, also those that never got an outcome). 409 when there "
+            "are none or the job is still running.",
             responses={
                 201: {"headers": {"Location": _LOCATION}},
                 **_responses(404, 409, auth=guarded),
             },
         )
         async def retry_job(
-            job_id: JobId, request: Request, response: Response, principal: who
+            job_id: JobId,
+            request: Request,
+            response: Response,
+            principal: who,
+            body: RetryJob | None = None,
         ) -> Job:
             await self.visible(job_id, principal)
+            unfinished = body is not None and body.include_unfinished
             with anyio.CancelScope(shield=True):
-                job = await pipeline.retry_failed(job_id)
+                job = await pipeline.retry_failed(job_id, include_unfinished=unfinished)
             response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
             return job
+
+        @app.post(
+            "/jobs/{job_id}/delete",
+            tags=tags,
+            status_code=204,
+            name="delete_job",
+            summary="Delete an ended job",
+            description="Deletes the job with its items and outcomes. 409 while the job is "
+            "pending or processing: cancel it first (`DELETE /jobs/{id}` cancels).",
+            responses={204: {"description": "Deleted."}, **_responses(404, 409, auth=guarded)},
+        )
+        async def delete_job(job_id: JobId, principal: who) -> Response:
+            await self.visible(job_id, principal)
+            with anyio.CancelScope(shield=True):
+                await pipeline.delete(job_id)
+            return Response(status_code=204)
 
         @app.get(
             "/jobs/{job_id}/outcomes",

@@ -63,6 +63,18 @@ class SubmitJob(BaseModel):
     )
 
 
+class RetryJob(BaseModel):
+    """What to retry of an ended job (the body may be left out: only the failed items)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_unfinished: bool = Field(
+        False,
+        description="Also run the items that never got an outcome (a cancelled or abandoned "
+        "job's never-run items).",
+    )
+
+
 class JobList(BaseModel):
     """One page of jobs, newest first."""
 

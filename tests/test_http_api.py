@@ -589,6 +589,7 @@ async def test_openapi_document() -> None:
         "get_job",
         "cancel_job",
         "retry_job",
+        "delete_job",
         "job_outcomes",
         "job_events",
     }

@@ -230,7 +230,7 @@ class _Routes:
             "are none or the job is still running.",
             responses={
                 201: {"headers": {"Location": _LOCATION}},
-                **_responses(404, 409, auth=guarded),
+                **_responses(400, 404, 409, auth=guarded),
             },
         )
         async def retry_job(

@@ -268,3 +268,26 @@ def test_cli_delete_prune_and_retry_unfinished(tmp_path: Path) -> None:
     assert bad.exit_code == 2
     bad = invoke("worker", "--retention", "soon", *store)
     assert (bad.exit_code, "not a duration" in bad.stderr) == (2, True)
+
+
+async def test_a_worker_whose_job_is_deleted_under_it_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started, release = anyio.Event(), anyio.Event()
+
+    async def held(item: Mapping[str, Any]) -> None:
+        started.set()
+        await release.wait()
+
+    async with Pipeline(processors={"held": held, "odd": fails_odd}, default_options=QUICK) as p:
+        job = await p.submit("held", make_items(1))
+        with anyio.fail_after(PATIENCE):
+            await started.wait()
+        # Another process ends and deletes the job while this worker runs its item.
+        await p.store.finish_job(job.id, JobStatus.CANCELLED)
+        assert await p.store.delete_job(job.id)
+        release.set()  # the item ends; recording it finds no job
+        with caplog.at_level(logging.ERROR):
+            after = await finished(p)
+        assert (await p.get(after)).status is JobStatus.COMPLETED
+    assert "running job" not in caplog.text

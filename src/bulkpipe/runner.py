@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 from .attempts import Attempts, BatchCall
 from .batches import OpenBatch
 from .error_types import ErrorType
+from .errors import JobNotFound
 from .gate import GateSlot, PriorityGate
 from .lifecycle import Lifecycle, failure_ratio_exceeded
 from .outage import StoreOutage, store_failure
@@ -455,6 +456,9 @@ class JobRunner:
                 batch.closed = True
         try:
             progress = await self.store.record(self.spec.id, batches)
+        except JobNotFound:  # the job ended and was deleted meanwhile: as for an ended job
+            self.stop(ended=True)
+            return True
         except Exception as exc:
             if not store_failure(exc):
                 raise

@@ -20,6 +20,9 @@ from ..store import EncodedItem, Page
 from ._rows import FailedItem
 from ._sqlbase import SQLStore, next_cursor
 
+#: What the delete_job_row queries also require of the job they delete.
+_TERMINAL = frozenset(s.value for s in JobStatus if s.is_terminal)
+
 C = TypeVar("C", bound="_Executes")
 H = TypeVar("H", bound="_Closes")
 
@@ -87,7 +90,7 @@ class SQLHousekeeping(SQLStore[C, H]):
 
     def _deletable(self, conn: C, retry: bool, job_id: str) -> int | None:
         state = self._job_state(conn, job_id)
-        return state.seq if JobStatus(state.status).is_terminal else None
+        return state.seq if state.status in _TERMINAL else None
 
     def _delete_chunk(self, conn: C, retry: bool, step: str, job: int, chunk: int) -> int:
         return conn.execute(self._q[step], {"job": job, "chunk": chunk}).rowcount

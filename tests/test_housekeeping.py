@@ -195,9 +195,10 @@ async def test_retention_logs_a_failed_round_and_goes_on(
     assert caplog.text.count("pruning failed (OSError: store down)") >= 2
 
 
-def test_retention_interval_is_a_tenth_at_most_an_hour() -> None:
+def test_retention_interval_is_a_tenth_between_a_second_and_an_hour() -> None:
     assert retention_interval(timedelta(minutes=10)) == 60
     assert retention_interval(timedelta(days=30)) == 3600
+    assert retention_interval(timedelta(seconds=2)) == 1
 
 
 # -- command line -----------------------------------------------------------------------------

@@ -141,8 +141,9 @@ async def copy_items(store: JobStore, job_id: str, writer: ItemWriter, *, unfini
 
 
 def retention_interval(retention: timedelta) -> float:
-    """Seconds between a worker's prunes for ``retention``: a tenth of it, at most an hour."""
-    return min(check_age(retention) / 10, 3600.0)
+    """Seconds between a worker's prunes for ``retention``: a tenth of it, at least a second
+    and at most an hour."""
+    return min(max(check_age(retention) / 10, 1.0), 3600.0)
 
 
 async def run_retention(

@@ -45,6 +45,7 @@ EXPECTED = {
     "ProcessorLike",
     "Source",
     "StoreError",
+    "SubmitLeaseLost",
     "UnknownProcessor",
     "UnknownSource",
     "WaitTimeout",
@@ -185,5 +186,6 @@ def test_error_types_keep_their_stored_strings() -> None:
         "PROCESSOR_SETUP_ERROR": "ProcessorSetupError",
         "ITEM_SOURCE_ERROR": "ItemSourceError",
         "SUBMIT_CANCELLED": "SubmitCancelled",
+        "SUBMIT_ABANDONED": "SubmitAbandoned",
     }
     assert bulkpipe.ErrorType.INVALID_RESULT == "InvalidResult"

@@ -20,11 +20,11 @@ from .errors import InvalidArgument, StoreError
 from .gate import PriorityGate
 from .heartbeat import HeartbeatThread
 from .lifecycle import JobEvents, Lifecycle
-from .models import JobStatus
 from .outage import StoreOutage, store_failure
 from .processors import ProcessorRegistry
 from .runner import JobRunner
 from .store import ClaimedBatch, JobStore, Lease, SupportsHeartbeatStore
+from .sweeps import Sweeps
 from .watchdog import LoopWatchdog, resident_memory
 
 log = logging.getLogger("bulkpipe.worker")
@@ -482,7 +482,7 @@ class Worker:
         )
 
     async def _heartbeat(self) -> None:
-        """Renew leases, act on lost leases and ended jobs, watch the loop, settle orphans."""
+        """Renew leases, act on lost leases and ended jobs, watch the loop, run the sweeps."""
         interval = min(self.lease_timeout / 3, 1.0)
         try:
             # Before the first checkpoint: the claim loop, started with this task, has its
@@ -518,16 +518,21 @@ class Worker:
     async def _beat(self, interval: float) -> None:
         thread = self.heartbeat_thread
         key = object()  # the renewals' key in the outage record: "back" waits for them too
-        next_sweep = anyio.current_time() + self.lease_timeout
+        sweeps = Sweeps(
+            f"worker {self.worker_id}",
+            self.store,
+            self.lifecycle,
+            self.outage,
+            self._running_jobs,
+            self.lease_timeout,
+        )
         while True:
             await anyio.sleep(interval)
             if self.max_memory is not None:
                 rss = resident_memory()
                 if rss is not None and rss >= self.max_memory:
                     self._reach_limit("max_memory", f"resident memory {rss / 2**20:.0f} MB")
-            if anyio.current_time() >= next_sweep:
-                next_sweep = anyio.current_time() + self.lease_timeout
-                await self._settle_orphans()
+            await sweeps.run_due()  # abandoned submits, unsettled jobs (bulkpipe.sweeps)
             leases = [lease for runner in self.runners.values() for lease in runner.leases()]
             if thread is not None:
                 thread.reconcile(leases)
@@ -562,34 +567,3 @@ class Worker:
                 runner.stop(ended=True)
             elif lost:
                 runner.lose([lease for lease in lost if lease.job_id == runner.spec.id])
-
-    async def _settle_orphans(self) -> None:
-        """Complete jobs whose every batch is done but whose final status was never written
-        (the worker that recorded the last batch died before it could write it). While the
-        store does not answer this notes the outage and returns (the next sweep tries again)."""
-        try:
-            await self._settle_orphan_pages()
-        except Exception as exc:
-            if not store_failure(exc):
-                raise
-            self.outage.failed("looking for unsettled jobs", exc)
-            return
-        self.outage.answered()
-
-    async def _settle_orphan_pages(self) -> None:
-        offset, page = 0, 100
-        while True:
-            jobs = await self.store.list_jobs(
-                status=JobStatus.PROCESSING, limit=page, offset=offset
-            )
-            for job in jobs:
-                if job.id in self._running_jobs or not job.sealed:
-                    continue
-                if job.processed_items < job.total_items:
-                    continue
-                progress = await self.store.progress(job.id)
-                if await self.lifecycle.settle(job.id, progress) is not None:
-                    log.info("worker %s: completed job %s left unsettled", self.worker_id, job.id)
-            if len(jobs) < page:
-                return
-            offset += page

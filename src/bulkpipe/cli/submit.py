@@ -26,7 +26,10 @@ from .params import (
 from .runtime import load_source
 
 
-def _idempotency_key(value: str | None) -> str | None:
+def _idempotency_key(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> str | None:
+    """``--idempotency-key``, checked as ``Pipeline.submit`` checks it."""
     try:
         return check_idempotency_key(value)
     except InvalidArgument as exc:
@@ -66,7 +69,7 @@ def _idempotency_key(value: str | None) -> str | None:
 @click.option(
     "--idempotency-key",
     metavar="KEY",
-    callback=lambda _ctx, _param, value: _idempotency_key(value),
+    callback=_idempotency_key,
     help="Submit at most once per KEY and owner: a repeat prints the job the first created "
     "and stores nothing (up to 200 characters).",
 )

@@ -39,7 +39,7 @@ from .processors import ProcessorRegistry
 from .retry import backoff_delay
 from .store import JobStore, Page
 from .submission import ADD_ITEMS, Encoded, ItemWriter
-from .submit_lease import check_submit_lease, close_unread, lease_lost, write_under_lease
+from .submit_lease import SubmitLeases, check_submit_lease, close_unread, lease_lost
 from .worker import Worker
 
 log = logging.getLogger("bulkpipe.pipeline")
@@ -98,6 +98,7 @@ class Pipeline:
         #: here: ``pipeline.events.subscribe(listener)``, called with (job_id, status).
         self.events = JobEvents()
         self._lifecycle = Lifecycle(store, self.events)
+        self._leases = SubmitLeases(store, self.submit_lease)
         self.workers = [
             Worker(
                 store,
@@ -133,6 +134,8 @@ class Pipeline:
             stack.push_async_callback(self._close_store)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._stop_workers)
+            stack.callback(self._leases.stop)
+            tg.start_soon(self._leases.run)
             for worker in self.workers:
                 await tg.start(self._supervise, worker)
         except BaseException:
@@ -306,9 +309,8 @@ class Pipeline:
     ) -> None:
         writer = ItemWriter(self.store, job_id, options, on_added=self._wake_workers)
         try:
-            ended = await write_under_lease(
-                self.store, job_id, self.submit_lease, lambda: writer.write(stream)
-            )
+            with self._leases.held(job_id) as lease:  # (cancelled if the job ends meanwhile)
+                await writer.write(stream)
         except Exception as exc:
             if (lost := await lease_lost(self.store, job_id, writer.position)) is not None:
                 raise lost from exc  # sealed as abandoned: its stored items still run
@@ -329,8 +331,8 @@ class Pipeline:
                     ErrorType.SUBMIT_CANCELLED,
                 )
             raise
-        if ended is not None and ended.abandoned:
-            raise SubmitLeaseLost(job_id, ended.total, writer.position)
+        if lease.ended is not None and lease.ended.abandoned:
+            raise SubmitLeaseLost(job_id, lease.ended.total, writer.position)
         await self._seal(job_id)
 
     def _wake_workers(self, job_id: str) -> None:

@@ -2,21 +2,23 @@
 
 ``Pipeline.submit`` creates the job with a submit lease (``JobStore.create_job(...,
 submit_lease=...)``) and, while it writes the items, renews it every third of the lease
-(:func:`write_under_lease`). Should the submitter die or hang, the lease expires and a worker's
-sweep (``bulkpipe.sweeps``) seals the job as it stands, marked abandoned: the items stored run,
-then the job ends failed with ``SubmitAbandoned``. A renewal that fails on a store error is
-retried (one WARNING each); a renewal that answers that the job has ended or was sealed stops
-the writing.
+(:class:`SubmitLeases`: one task per pipeline renews all of its submits). Should the
+submitter die or hang, the lease expires and a worker's sweep (``bulkpipe.sweeps``) seals the
+job as it stands, marked abandoned: the items stored run, then the job ends failed with
+``SubmitAbandoned``. A renewal that fails on a store error is retried (one WARNING each); a
+renewal that answers that the job has ended or was sealed stops the writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
+import attrs
 
 from .errors import InvalidArgument, JobNotFound, SubmitLeaseLost
 from .outage import store_failure
@@ -44,59 +46,82 @@ def check_submit_lease(seconds: float) -> float:
     return float(seconds)
 
 
-async def write_under_lease(
-    store: JobStore,
-    job_id: str,
-    lease_seconds: float,
-    write: Callable[[], Awaitable[None]],
-    on_ended: Callable[[], None] | None = None,
-) -> Progress | None:
-    """Run ``write()`` while renewing the job's submit lease every third of it.
+@attrs.define(eq=False)
+class HeldLease:
+    """One submit being renewed: what the renewal learned once the job ended or was sealed."""
 
-    When a renewal answers that the job has ended or is sealed (a worker found the lease
-    expired and sealed it as abandoned), call ``on_ended`` (the writer's ``stop``) and cancel
-    ``write``; return that progress. None once ``write`` has returned. What ``write`` raises
-    is raised."""
+    scope: anyio.CancelScope
+    on_ended: Callable[[], None] | None
     ended: Progress | None = None
-    failure: Exception | None = None
 
-    async def renew(scope: anyio.CancelScope) -> None:
-        nonlocal ended
-        every = lease_seconds / 3
-        while True:
-            await anyio.sleep(every)
+
+class SubmitLeases:
+    """Renews the submit leases of the jobs a pipeline is submitting, every third of the lease,
+    from one task (:meth:`run`, which the pipeline starts) for all of them.
+
+    A submit holds its lease while it writes (:meth:`held`). When a renewal answers that the
+    job has ended or is sealed (a worker found the lease expired and sealed it as abandoned),
+    ``on_ended`` is called (the writer's ``stop``) and the writing is cancelled; the
+    :class:`HeldLease` then says what was learned. A renewal that fails on a store error is
+    retried at the next round, with a WARNING."""
+
+    def __init__(self, store: JobStore, lease_seconds: float) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self._held: dict[str, HeldLease] = {}
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = False
+
+    @contextlib.contextmanager
+    def held(self, job_id: str, on_ended: Callable[[], None] | None = None) -> Iterator[HeldLease]:
+        """Renew the job's submit lease while the block runs; the block is cancelled (and
+        left quietly) if the job ends or is sealed meanwhile."""
+        with anyio.CancelScope() as scope:
+            lease = HeldLease(scope=scope, on_ended=on_ended)
+            self._held[job_id] = lease
             try:
-                progress = await store.renew_submit(job_id, lease_seconds)
-            except JobNotFound:
-                return  # deleted meanwhile: the writer learns it from its next call
-            except Exception as exc:
-                if not store_failure(exc):
-                    raise
-                log.warning(
-                    "job %s: renewing its submit lease failed (%s: %s); trying again in %.1f s",
-                    job_id,
-                    type(exc).__name__,
-                    exc,
-                    every,
-                )
-                continue
-            if progress.status.is_terminal or progress.sealed:
-                ended = progress
-                if on_ended is not None:
-                    on_ended()
-                scope.cancel()
-                return
+                yield lease
+            finally:
+                del self._held[job_id]
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(renew, tg.cancel_scope)
+    async def run(self) -> None:
+        """Renew every held lease each third of the lease, until :meth:`stop`."""
+        every = self.lease_seconds / 3
+        with anyio.CancelScope() as self._scope:
+            if self._stopped:
+                return
+            while True:
+                await anyio.sleep(every)
+                for job_id, lease in list(self._held.items()):
+                    await self._renew(job_id, lease, every)
+
+    def stop(self) -> None:
+        """End :meth:`run`."""
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _renew(self, job_id: str, lease: HeldLease, every: float) -> None:
         try:
-            await write()
+            progress = await self.store.renew_submit(job_id, self.lease_seconds)
+        except JobNotFound:
+            return  # deleted meanwhile: the writer learns it from its next call
         except Exception as exc:
-            failure = exc
-        tg.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return ended
+            if not store_failure(exc):
+                raise
+            log.warning(
+                "job %s: renewing its submit lease failed (%s: %s); trying again in %.1f s",
+                job_id,
+                type(exc).__name__,
+                exc,
+                every,
+            )
+            return
+        if (progress.status.is_terminal or progress.sealed) and lease.ended is None:
+            lease.ended = progress
+            if lease.on_ended is not None:
+                lease.on_ended()
+            lease.scope.cancel()
 
 
 async def lease_lost(store: JobStore, job_id: str, read: int) -> SubmitLeaseLost | None:

@@ -15,6 +15,9 @@ from typing import TypeVar
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._worker_args import MAX_LEASE_TIMEOUT as MAX_LEASE_TIMEOUT  # public here, as before
+from ._worker_args import MAX_POLL_INTERVAL as MAX_POLL_INTERVAL
+from ._worker_args import check_timing
 from .error_types import ErrorType
 from .errors import InvalidArgument, StoreError
 from .gate import PriorityGate
@@ -28,10 +31,6 @@ from .sweeps import Sweeps
 from .watchdog import LoopWatchdog, resident_memory
 
 log = logging.getLogger("bulkpipe.worker")
-
-#: The longest ``lease_timeout`` and ``poll_interval`` a worker takes, in seconds.
-MAX_LEASE_TIMEOUT = 86_400.0
-MAX_POLL_INTERVAL = 3_600.0
 
 T = TypeVar("T")
 
@@ -90,29 +89,7 @@ class Worker:
         give_up_after: float | None = None,
         events: JobEvents | None = None,
     ) -> None:
-        if give_up_after is not None and not give_up_after > 0:
-            raise InvalidArgument(
-                f"give_up_after must be a positive number of seconds (or None), not {give_up_after}"
-            )
-        if lease_timeout <= 0:
-            raise InvalidArgument(
-                f"lease_timeout must be a positive number of seconds, not {lease_timeout}; it "
-                "is how long a claimed batch stays this worker's without a heartbeat"
-            )
-        if not lease_timeout <= MAX_LEASE_TIMEOUT:  # also refuses NaN and infinity
-            raise InvalidArgument(
-                f"lease_timeout must be at most {MAX_LEASE_TIMEOUT:g} s, not {lease_timeout}; "
-                "a longer lease only delays taking over the batches of a dead worker"
-            )
-        if poll_interval <= 0:
-            raise InvalidArgument(
-                f"poll_interval must be a positive number of seconds, not {poll_interval}; it "
-                "is how long an idle worker waits before looking for work again"
-            )
-        if not poll_interval <= MAX_POLL_INTERVAL:
-            raise InvalidArgument(
-                f"poll_interval must be at most {MAX_POLL_INTERVAL:g} s, not {poll_interval}"
-            )
+        check_timing(lease_timeout, poll_interval, give_up_after)
         self.store = store
         #: Ends jobs (completing, failing) and announces it on ``events`` (shared with the
         #: pipeline that made this worker; else one of its own).
@@ -315,25 +292,8 @@ class Worker:
         return self._gave_up is not None
 
     async def until_answered(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``await call()`` (a store call; ``what`` names it for the log) until the store
-        answers: each failure is noted in :attr:`outage` and followed by a backoff pause."""
-        failures = 0
-        key = object()
-        try:
-            while True:
-                try:
-                    result = await call()
-                except Exception as exc:
-                    if not store_failure(exc):
-                        raise
-                    failures += 1
-                    self.outage.failed(what, exc, key)
-                    await anyio.sleep(self.outage.delay(failures))
-                    continue
-                self.outage.answered(key)
-                return result
-        finally:
-            self.outage.forget(key)
+        """``await call()`` until the store answers (see :meth:`StoreOutage.until_answered`)."""
+        return await self.outage.until_answered(what, call)
 
     def _cooled(self) -> set[str]:
         if not self._cooling:

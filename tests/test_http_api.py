@@ -579,8 +579,10 @@ async def test_openapi_document() -> None:
     assert operations["submit_job"] == (
         "POST",
         "/jobs",
-        {"201", "400", "401", "403", "413", "422", "503"},
+        {"200", "201", "400", "401", "403", "413", "422", "503"},
     )
+    submit_params = document["paths"]["/jobs"]["post"]["parameters"]
+    assert [(q["name"], q["in"]) for q in submit_params] == [("Idempotency-Key", "header")]
     assert operations["cancel_job"][:2] == ("DELETE", "/jobs/{job_id}")
     assert {"404", "409"} <= operations["retry_job"][2]
     assert set(operations) == {

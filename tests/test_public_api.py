@@ -45,6 +45,7 @@ EXPECTED = {
     "ProcessorLike",
     "Source",
     "StoreError",
+    "SubmitLeaseLost",
     "UnknownProcessor",
     "UnknownSource",
     "WaitTimeout",

@@ -139,6 +139,7 @@ def build_job(
     started_at: float | None,
     updated_at: float | None,
     completed_at: float | None,
+    idempotency_key: str | None = None,
 ) -> Job:
     """A :class:`Job` snapshot; the summary is derived from the counts once terminal."""
     processed = succeeded + failed
@@ -184,6 +185,7 @@ def build_job(
         source=source,
         params=params,
         sealed=sealed,
+        idempotency_key=idempotency_key,
         created_at=datetime.fromtimestamp(created_at, UTC),
         started_at=to_datetime(started_at),
         updated_at=to_datetime(updated_at),

@@ -101,6 +101,22 @@ class ItemSourceError(BulkpipeError):
         )
 
 
+class SubmitLeaseLost(BulkpipeError):
+    """The submit lease of a job expired before every item was stored (this process did not
+    renew it in time), so a worker sealed the job as abandoned; it ends failed with
+    ``SubmitAbandoned`` once the items stored have run. Submit the rest again."""
+
+    def __init__(self, job_id: str, stored: int, read: int) -> None:
+        self.job_id = job_id
+        self.stored = stored
+        super().__init__(
+            f"the submit lease of job {job_id!r} expired after {read} items were read, so a "
+            f"worker sealed it as abandoned with the {stored} items stored (was this process's "
+            "event loop blocked, or the store unreachable, for longer than submit_lease?); "
+            "the job ends failed (SubmitAbandoned) once they have run: submit the rest again"
+        )
+
+
 class PermanentError(BulkpipeError):
     """Raised by a processor to fail an item at once, without retries."""
 

@@ -13,8 +13,7 @@ from datetime import timedelta
 import anyio
 import anyio.lowlevel
 
-from ._snapshot import OPTIONS_UNREADABLE
-from .error_types import ErrorType
+from ._pipeline_args import unreadable
 from .errors import InvalidArgument, JobNotFinished, JobNotFound, NothingToRetry
 from .models import Job, JobStatus
 from .options import JobOptions
@@ -100,21 +99,11 @@ def check_retry(job: Job, options: JobOptions | None, *, unfinished: bool) -> No
         raise JobNotFinished(job.id, job.status.value)
     if not retryable(job, unfinished=unfinished):
         raise NothingToRetry(job.id, unfinished=unfinished)
-    if options is None and options_unreadable(job):
+    if options is None and unreadable(job):
         raise InvalidArgument(
             f"the stored options of job {job.id!r} cannot be read (see its errors); pass "
             "options=... to retry it"
         )
-
-
-def options_unreadable(job: Job) -> bool:
-    """True if the job's stored options could not be read (its snapshot has default ones)."""
-    return any(
-        e.item_id is None
-        and e.error_type == ErrorType.UNREADABLE_JOB
-        and e.error.startswith(OPTIONS_UNREADABLE)
-        for e in job.errors
-    )
 
 
 async def copy_items(store: JobStore, job_id: str, writer: ItemWriter, *, unfinished: bool) -> None:

@@ -53,9 +53,20 @@ class JobEvents:
 
 
 async def settle(store: JobStore, job_id: str, progress: Progress) -> Job | None:
-    """Complete the job if every item is in and every batch is done; None if not (yet) ours."""
+    """Complete the job if every item is in and every batch is done (fail it with
+    ``SubmitAbandoned`` if it was sealed because its submitter stopped renewing its submit
+    lease); None if not (yet) ours."""
     if progress.status.is_terminal or not progress.sealed or progress.open_batches:
         return None
+    if progress.abandoned:
+        error = ProcessingError(
+            item_id=None,
+            error=abandoned_message(progress),
+            error_type=ErrorType.SUBMIT_ABANDONED,
+            timestamp=datetime.now(UTC),
+        )
+        job, changed = await store.finish_job(job_id, JobStatus.FAILED, error)
+        return job if changed else None
     job, changed = await store.finish_job(job_id, JobStatus.COMPLETED)
     if not changed and not job.status.is_terminal:
         log.warning(
@@ -67,6 +78,18 @@ async def settle(store: JobStore, job_id: str, progress: Progress) -> Job | None
             job.status.value,
         )
     return job if changed else None
+
+
+def abandoned_message(progress: Progress) -> str:
+    """The ``SubmitAbandoned`` error of a job whose submitter stopped renewing its lease."""
+    stored = progress.total
+    if not stored:
+        return "the submitter stopped renewing its submit lease before any item was stored"
+    return (
+        f"the submitter stopped renewing its submit lease after {stored:,} "
+        f"item{'s' if stored != 1 else ''} {'were' if stored != 1 else 'was'} stored; "
+        f"they ran: {progress.succeeded:,} succeeded, {progress.failed:,} failed"
+    )
 
 
 def failure_ratio_exceeded(progress: Progress, ratio: float | None) -> str | None:
@@ -90,7 +113,8 @@ class Lifecycle:
 
     async def settle(self, job_id: str, progress: Progress) -> Job | None:
         """Complete the job if ``progress`` shows its work done (every item in, every batch
-        done); the completed job, or None if it was not completed here."""
+        done), or fail it with ``SubmitAbandoned`` if its submit was abandoned; the job so
+        ended, or None if it was not ended here."""
         job = await settle(self.store, job_id, progress)
         if job is not None:
             self.events.notify(job_id, job.status)

@@ -91,6 +91,9 @@ class Job(BaseModel):
     source: str | None = None
     params: dict[str, Any] | None = None
     sealed: bool = Field(default=False, description="True once every item has been submitted.")
+    idempotency_key: str | None = Field(
+        default=None, description="The key a repeated submit of this job is known by."
+    )
     created_at: datetime
     started_at: datetime | None = None
     updated_at: datetime | None = None

@@ -8,15 +8,14 @@ import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import anyio
 from anyio.abc import TaskStatus
-from pydantic import ValidationError
 
 from . import housekeeping
+from ._pipeline_args import Started, merge_options, parse_status, validated
 from .error_types import ErrorType
 from .errors import (
     InvalidArgument,
@@ -24,12 +23,13 @@ from .errors import (
     ItemSourceError,
     JobNotCancellable,
     PipelineClosed,
+    SubmitLeaseLost,
     UnknownProcessor,
     UnknownSource,
     WaitTimeout,
 )
 from .gate import PriorityGate
-from .jobs import new_job
+from .jobs import check_idempotency_key, new_job
 from .lifecycle import JobEvents, Lifecycle
 from .models import ItemOutcome, ItemStatus, Job, JobStatus
 from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
@@ -38,14 +38,13 @@ from .processors import ProcessorRegistry
 from .retry import backoff_delay
 from .store import JobStore, Page
 from .submission import ItemWriter
+from .submit_lease import SubmitLeases, check_submit_lease, close_unread, lease_lost
 from .worker import Worker
 
 log = logging.getLogger("bulkpipe.pipeline")
 
 #: A registered item source: an async generator of items, taking the job's ``params``.
 Source = Callable[[Mapping[str, Any]], AsyncIterable[Mapping[str, Any]]]
-
-E = TypeVar("E", bound=StrEnum)
 
 _POLL_MIN, _POLL_MAX = 0.005, 0.25
 
@@ -61,6 +60,10 @@ class Pipeline:
     workers (0: this pipeline only submits and reads; other processes do the work) and, on exit,
     stops them gracefully and closes the store. Leaving the block does not wait for jobs; call
     :meth:`wait` first.
+
+    A job being submitted holds a submit lease of ``submit_lease`` seconds (1 to 3600) that
+    :meth:`submit` renews; should this process die mid-submit, a worker seals the job once
+    the lease expires, and it ends failed with ``SubmitAbandoned`` after its stored items ran.
     """
 
     def __init__(
@@ -74,7 +77,9 @@ class Pipeline:
         lease_timeout: float = 30.0,
         poll_interval: float = 0.5,
         default_options: JobOptions | None = None,
+        submit_lease: float = 30.0,
     ) -> None:
+        self.submit_lease = check_submit_lease(submit_lease)
         if workers < 0:
             raise InvalidArgument(f"workers must be 0 or more, not {workers}")
         if store is None:
@@ -92,6 +97,7 @@ class Pipeline:
         #: here: ``pipeline.events.subscribe(listener)``, called with (job_id, status).
         self.events = JobEvents()
         self._lifecycle = Lifecycle(store, self.events)
+        self._leases = SubmitLeases(store, self.submit_lease)
         self.workers = [
             Worker(
                 store,
@@ -127,6 +133,8 @@ class Pipeline:
             stack.push_async_callback(self._close_store)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._stop_workers)
+            stack.callback(self._leases.stop)
+            tg.start_soon(self._leases.run)
             for worker in self.workers:
                 await tg.start(self._supervise, worker)
         except BaseException:
@@ -152,7 +160,7 @@ class Pipeline:
         bug: a store that does not answer is waited out inside the worker), log it and serve
         again after a pause that grows while it keeps failing, so that the jobs and the HTTP
         API of this process go on."""
-        status = _Started(task_status)
+        status = Started(task_status)
         failures = 0
         rng = random.Random()
         while True:
@@ -218,6 +226,7 @@ class Pipeline:
         options: JobOptions | Mapping[str, Any] | None = None,
         priority: int = 0,
         owner: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Create a job over ``items`` (or a registered ``source`` called with ``params``).
 
@@ -225,9 +234,35 @@ class Pipeline:
         last one is read. Items that are not valid (not a mapping, no id, a repeated id, not
         JSON) are refused and listed in the job's errors; the rest runs. Returns the job as
         stored once every item is in.
+
+        With an ``idempotency_key`` (a non-empty string of at most 200 characters), a submit
+        whose key this ``owner`` has used already returns that job as it is now and stores
+        nothing (``items`` is not read; an async generator is closed). :class:`SubmitLeaseLost`
+        if this process failed to renew the job's submit lease in time.
         """
+        job, _ = await self.submit_or_find(
+            processor, items, source=source, params=params, options=options, priority=priority,
+            owner=owner, idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return job
+
+    async def submit_or_find(
+        self,
+        processor: str,
+        items: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]] | None = None,
+        *,
+        source: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        options: JobOptions | Mapping[str, Any] | None = None,
+        priority: int = 0,
+        owner: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """:meth:`submit`, and whether it created the job (False: ``idempotency_key`` found
+        the job an earlier submit created, and nothing was stored)."""
         self._running()
-        opts = self._options(options)
+        check_idempotency_key(idempotency_key)
+        opts = merge_options(self.default_options, options)
         if not isinstance(processor, str) or not processor:
             raise InvalidArgument(f"processor must be a non-empty name, not {processor!r}")
         check_priority(priority)
@@ -254,26 +289,16 @@ class Pipeline:
             stream = items
         if owner is not None and not isinstance(owner, str):
             raise InvalidArgument(f"owner must be a string, not {type(owner).__name__}")
-        job = self._new_job(processor, opts, priority, source=source, params=params, owner=owner)
-        await self.store.create_job(job)
+        job = self._new_job(
+            processor, opts, priority, source=source, params=params, owner=owner,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        stored = await self.store.create_job(job, submit_lease=self.submit_lease)
+        if stored.id != job.id:
+            await close_unread(stream)
+            return stored, False
         await self._fill(job.id, stream, opts)
-        return await self.store.get_job(job.id)
-
-    def _options(self, options: JobOptions | Mapping[str, Any] | None) -> JobOptions:
-        if options is None:
-            return _validated(self.default_options)
-        if isinstance(options, JobOptions):
-            return _validated(options)
-        try:
-            return self.default_options.model_copy(
-                update=JobOptions.model_validate(
-                    {**self.default_options.model_dump(), **options}
-                ).model_dump()
-            )
-        except ValidationError:
-            raise
-        except TypeError as exc:
-            raise InvalidArgument(f"options must be JobOptions or a mapping: {exc}") from exc
+        return await self.store.get_job(job.id), True
 
     #: Builds the pending job ``submit`` and ``retry`` create (shared with bulkpipe.testing).
     _new_job = staticmethod(new_job)
@@ -283,8 +308,11 @@ class Pipeline:
     ) -> None:
         writer = ItemWriter(self.store, job_id, options, on_added=self._wake_workers)
         try:
-            await writer.write(stream)
+            with self._leases.held(job_id) as lease:  # (cancelled if the job ends meanwhile)
+                await writer.write(stream)
         except Exception as exc:
+            if (lost := await lease_lost(self.store, job_id, writer.position)) is not None:
+                raise lost from exc  # sealed as abandoned: its stored items still run
             await self._abandon(
                 job_id,
                 f"reading the items failed after {writer.position} items: "
@@ -302,6 +330,8 @@ class Pipeline:
                     ErrorType.SUBMIT_CANCELLED,
                 )
             raise
+        if lease.ended is not None and lease.ended.abandoned:
+            raise SubmitLeaseLost(job_id, lease.ended.total, writer.position)
         await self._seal(job_id)
 
     def _wake_workers(self, job_id: str) -> None:
@@ -339,7 +369,7 @@ class Pipeline:
         if limit < 1 or offset < 0:
             raise InvalidArgument(f"limit must be >= 1 and offset >= 0, not {limit} and {offset}")
         return await self.store.list_jobs(
-            status=_parse_status(JobStatus, status, "job") if status is not None else None,
+            status=parse_status(JobStatus, status, "job") if status is not None else None,
             owner=owner,
             limit=limit,
             offset=offset,
@@ -444,7 +474,7 @@ class Pipeline:
         failed = (
             None
             if status is None
-            else _parse_status(ItemStatus, status, "item") is ItemStatus.FAILED
+            else parse_status(ItemStatus, status, "item") is ItemStatus.FAILED
         )
         return await self.store.read_outcomes(
             job_id, failed=failed, cursor=cursor, limit=limit, max_bytes=max_bytes
@@ -479,7 +509,7 @@ class Pipeline:
         self._running()
         job = await self.store.get_job(job_id)
         housekeeping.check_retry(job, options, unfinished=include_unfinished)
-        opts = _validated(options or job.options)
+        opts = validated(options or job.options)
         # Only a SQLite store written before the range was checked holds a priority outside
         # it; the retry takes the nearest bound, which keeps its place in the order.
         priority = min(max(job.priority, PRIORITY_MIN), PRIORITY_MAX)
@@ -507,33 +537,3 @@ class Pipeline:
         ``older_than`` ago, each as :meth:`delete` does; return how many were deleted."""
         self._running()
         return await housekeeping.prune(self.store, older_than=older_than, statuses=statuses)
-
-
-def _validated(options: JobOptions) -> JobOptions:
-    """``options`` validated again: ``model_copy(update=...)`` and ``model_construct`` skip
-    validation, and a value that is not finite would be stored as JSON ``null``, which no
-    worker can read back."""
-    return JobOptions.model_validate(options.model_dump())
-
-
-class _Started:
-    """A task status that passes on only the first ``started()`` (a worker served again
-    after a failure starts again)."""
-
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self.inner = inner
-        self.done = False
-
-    def started(self, value: None = None) -> None:
-        if not self.done:
-            self.done = True
-            self.inner.started(value)
-
-
-def _parse_status(kind: type[E], status: E | str, what: str) -> E:
-    try:
-        return kind(status)
-    except ValueError:
-        raise InvalidArgument(
-            f"unknown {what} status {status!r}; use one of {', '.join(s.value for s in kind)}"
-        ) from None

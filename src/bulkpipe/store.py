@@ -91,6 +91,7 @@ class Progress:
     failed: int
     open_batches: int  # batches that are not done: pending or leased
     lost: tuple[int, ...] = ()  # batch numbers of reports refused because the lease was lost
+    abandoned: bool = False  # sealed because its submit lease expired (the submitter died)
 
 
 @attrs.frozen(kw_only=True)
@@ -126,8 +127,23 @@ class JobStore(Protocol):
 
     # -- submission -------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> None:
-        """Persist a new job (status pending, not sealed, no items)."""
+    async def create_job(self, job: Job, *, submit_lease: float | None = None) -> Job:
+        """Persist a new job (status pending, not sealed, no items) and return the job as
+        stored: ``job``, or, when ``job.idempotency_key`` is set and a job of the same owner
+        already has that key, that job, with nothing written (race-safe).
+
+        With ``submit_lease`` the job holds a submit lease that expires that many seconds
+        from now (the database clock where there is one), renewed with :meth:`renew_submit`;
+        without, it has none and is never found abandoned."""
+
+    async def renew_submit(self, job_id: str, lease_seconds: float) -> Progress:
+        """Extend the submit lease of an unsealed live job to ``lease_seconds`` from now;
+        answer the job's progress either way (sealed and ``abandoned`` once a worker found
+        the lease expired, or terminal)."""
+
+    async def abandon_expired_submits(self, limit: int = 100) -> list[tuple[str, Progress]]:
+        """Seal up to ``limit`` unsealed live jobs whose submit lease has expired, mark them
+        abandoned and clear their lease; return them with their progress."""
 
     async def add_batch(self, job_id: str, items: Sequence[EncodedItem]) -> list[str]:
         """Append one batch of items; return the ids refused because the job already has them

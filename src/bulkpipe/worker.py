@@ -15,23 +15,22 @@ from typing import TypeVar
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._worker_args import MAX_LEASE_TIMEOUT as MAX_LEASE_TIMEOUT  # public here, as before
+from ._worker_args import MAX_POLL_INTERVAL as MAX_POLL_INTERVAL
+from ._worker_args import check_timing
 from .error_types import ErrorType
 from .errors import InvalidArgument, StoreError
 from .gate import PriorityGate
 from .heartbeat import HeartbeatThread
 from .lifecycle import JobEvents, Lifecycle
-from .models import JobStatus
 from .outage import StoreOutage, store_failure
 from .processors import ProcessorRegistry
 from .runner import JobRunner
 from .store import ClaimedBatch, JobStore, Lease, SupportsHeartbeatStore
+from .sweeps import Sweeps
 from .watchdog import LoopWatchdog, resident_memory
 
 log = logging.getLogger("bulkpipe.worker")
-
-#: The longest ``lease_timeout`` and ``poll_interval`` a worker takes, in seconds.
-MAX_LEASE_TIMEOUT = 86_400.0
-MAX_POLL_INTERVAL = 3_600.0
 
 T = TypeVar("T")
 
@@ -90,29 +89,7 @@ class Worker:
         give_up_after: float | None = None,
         events: JobEvents | None = None,
     ) -> None:
-        if give_up_after is not None and not give_up_after > 0:
-            raise InvalidArgument(
-                f"give_up_after must be a positive number of seconds (or None), not {give_up_after}"
-            )
-        if lease_timeout <= 0:
-            raise InvalidArgument(
-                f"lease_timeout must be a positive number of seconds, not {lease_timeout}; it "
-                "is how long a claimed batch stays this worker's without a heartbeat"
-            )
-        if not lease_timeout <= MAX_LEASE_TIMEOUT:  # also refuses NaN and infinity
-            raise InvalidArgument(
-                f"lease_timeout must be at most {MAX_LEASE_TIMEOUT:g} s, not {lease_timeout}; "
-                "a longer lease only delays taking over the batches of a dead worker"
-            )
-        if poll_interval <= 0:
-            raise InvalidArgument(
-                f"poll_interval must be a positive number of seconds, not {poll_interval}; it "
-                "is how long an idle worker waits before looking for work again"
-            )
-        if not poll_interval <= MAX_POLL_INTERVAL:
-            raise InvalidArgument(
-                f"poll_interval must be at most {MAX_POLL_INTERVAL:g} s, not {poll_interval}"
-            )
+        check_timing(lease_timeout, poll_interval, give_up_after)
         self.store = store
         #: Ends jobs (completing, failing) and announces it on ``events`` (shared with the
         #: pipeline that made this worker; else one of its own).
@@ -315,25 +292,8 @@ class Worker:
         return self._gave_up is not None
 
     async def until_answered(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``await call()`` (a store call; ``what`` names it for the log) until the store
-        answers: each failure is noted in :attr:`outage` and followed by a backoff pause."""
-        failures = 0
-        key = object()
-        try:
-            while True:
-                try:
-                    result = await call()
-                except Exception as exc:
-                    if not store_failure(exc):
-                        raise
-                    failures += 1
-                    self.outage.failed(what, exc, key)
-                    await anyio.sleep(self.outage.delay(failures))
-                    continue
-                self.outage.answered(key)
-                return result
-        finally:
-            self.outage.forget(key)
+        """``await call()`` until the store answers (see :meth:`StoreOutage.until_answered`)."""
+        return await self.outage.until_answered(what, call)
 
     def _cooled(self) -> set[str]:
         if not self._cooling:
@@ -482,7 +442,7 @@ class Worker:
         )
 
     async def _heartbeat(self) -> None:
-        """Renew leases, act on lost leases and ended jobs, watch the loop, settle orphans."""
+        """Renew leases, act on lost leases and ended jobs, watch the loop, run the sweeps."""
         interval = min(self.lease_timeout / 3, 1.0)
         try:
             # Before the first checkpoint: the claim loop, started with this task, has its
@@ -518,16 +478,21 @@ class Worker:
     async def _beat(self, interval: float) -> None:
         thread = self.heartbeat_thread
         key = object()  # the renewals' key in the outage record: "back" waits for them too
-        next_sweep = anyio.current_time() + self.lease_timeout
+        sweeps = Sweeps(
+            f"worker {self.worker_id}",
+            self.store,
+            self.lifecycle,
+            self.outage,
+            self._running_jobs,
+            self.lease_timeout,
+        )
         while True:
             await anyio.sleep(interval)
             if self.max_memory is not None:
                 rss = resident_memory()
                 if rss is not None and rss >= self.max_memory:
                     self._reach_limit("max_memory", f"resident memory {rss / 2**20:.0f} MB")
-            if anyio.current_time() >= next_sweep:
-                next_sweep = anyio.current_time() + self.lease_timeout
-                await self._settle_orphans()
+            await sweeps.run_due()  # abandoned submits, unsettled jobs (bulkpipe.sweeps)
             leases = [lease for runner in self.runners.values() for lease in runner.leases()]
             if thread is not None:
                 thread.reconcile(leases)
@@ -562,34 +527,3 @@ class Worker:
                 runner.stop(ended=True)
             elif lost:
                 runner.lose([lease for lease in lost if lease.job_id == runner.spec.id])
-
-    async def _settle_orphans(self) -> None:
-        """Complete jobs whose every batch is done but whose final status was never written
-        (the worker that recorded the last batch died before it could write it). While the
-        store does not answer this notes the outage and returns (the next sweep tries again)."""
-        try:
-            await self._settle_orphan_pages()
-        except Exception as exc:
-            if not store_failure(exc):
-                raise
-            self.outage.failed("looking for unsettled jobs", exc)
-            return
-        self.outage.answered()
-
-    async def _settle_orphan_pages(self) -> None:
-        offset, page = 0, 100
-        while True:
-            jobs = await self.store.list_jobs(
-                status=JobStatus.PROCESSING, limit=page, offset=offset
-            )
-            for job in jobs:
-                if job.id in self._running_jobs or not job.sealed:
-                    continue
-                if job.processed_items < job.total_items:
-                    continue
-                progress = await self.store.progress(job.id)
-                if await self.lifecycle.settle(job.id, progress) is not None:
-                    log.info("worker %s: completed job %s left unsettled", self.worker_id, job.id)
-            if len(jobs) < page:
-                return
-            offset += page

@@ -61,6 +61,7 @@ def launch(
     workers: int,
     as_json: bool,
     sources: Mapping[str, Source] | None = None,
+    submit_lease: float = 30.0,
 ) -> None:
     """Create a job with ``start`` and print its id (or JSON); with ``wait``, run ``workers``
     in-process workers, follow the job to its end and exit 0 (completed) or 1."""
@@ -73,7 +74,9 @@ def launch(
         )
 
     async def go() -> Job:
-        async with connect(url, workers=workers if wait else 0, sources=sources) as pipeline:
+        async with connect(
+            url, workers=workers if wait else 0, sources=sources, submit_lease=submit_lease
+        ) as pipeline:
             job = await start(pipeline)
             started.append(job.id)
             if not as_json:

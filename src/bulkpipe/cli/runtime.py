@@ -70,9 +70,17 @@ def open_cli_store(url: str) -> JobStore:
         raise StoreError(f"cannot open the store {redact(url)}: {exc}") from exc
 
 
-def connect(url: str, *, workers: int = 0, sources: Mapping[str, Source] | None = None) -> Pipeline:
+def connect(
+    url: str,
+    *,
+    workers: int = 0,
+    sources: Mapping[str, Source] | None = None,
+    submit_lease: float = 30.0,
+) -> Pipeline:
     """A pipeline on the store at ``url``: ``workers=0`` submits and reads only."""
-    return Pipeline(store=open_cli_store(url), workers=workers, sources=sources)
+    return Pipeline(
+        store=open_cli_store(url), workers=workers, sources=sources, submit_lease=submit_lease
+    )
 
 
 def installed_sources() -> list[EntryPoint]:

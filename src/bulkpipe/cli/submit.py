@@ -6,14 +6,32 @@ from typing import Any
 
 import click
 
+from ..errors import InvalidArgument
+from ..jobs import check_idempotency_key
 from ..models import Job
 from ..options import PRIORITY_MAX, PRIORITY_MIN
 from ..pipeline import Pipeline
 from ..processors import ProcessorRegistry
+from ..submit_lease import MAX_SUBMIT_LEASE, MIN_SUBMIT_LEASE
 from .inputs import FORMATS, parse_params, read_items
 from .jobs import launch, wait_options
-from .params import job_option_flags, job_options, json_option, store_option, store_url
+from .params import (
+    FiniteFloat,
+    job_option_flags,
+    job_options,
+    json_option,
+    store_option,
+    store_url,
+)
 from .runtime import load_source
+
+
+def _idempotency_key(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--idempotency-key``, checked as ``Pipeline.submit`` checks it."""
+    try:
+        return check_idempotency_key(value)
+    except InvalidArgument as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @click.command()
@@ -46,6 +64,22 @@ from .runtime import load_source
     help=f"Higher runs first; from {PRIORITY_MIN} to {PRIORITY_MAX}.",
 )
 @click.option("--owner", help="An owner or tenant tag to keep on the job.")
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    callback=_idempotency_key,
+    help="Submit at most once per KEY and owner: a repeat prints the job the first created "
+    "and stores nothing (up to 200 characters).",
+)
+@click.option(
+    "--submit-lease",
+    type=FiniteFloat(MIN_SUBMIT_LEASE, MAX_SUBMIT_LEASE),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Should this command die mid-submit, the job is sealed this long after its last "
+    "renewal, and ends failed (SubmitAbandoned) once the items stored have run.",
+)
 @wait_options
 @json_option
 @store_option
@@ -60,6 +94,8 @@ def submit(
     params: tuple[str, ...],
     priority: int,
     owner: str | None,
+    idempotency_key: str | None,
+    submit_lease: float,
     wait: bool,
     workers: int,
     as_json: bool,
@@ -99,6 +135,7 @@ def submit(
             options=options,
             priority=priority,
             owner=owner,
+            idempotency_key=idempotency_key,
         )
 
     try:
@@ -116,6 +153,7 @@ def submit(
             workers=workers,
             as_json=as_json,
             sources=sources,
+            submit_lease=submit_lease,
         )
     finally:
         if items is not None:

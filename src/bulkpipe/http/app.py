@@ -8,13 +8,14 @@ from enum import Enum
 from typing import Annotated, Any, NoReturn
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from .. import __version__
 from ..errors import InvalidArgument, InvalidArgumentType, ItemSourceError, JobNotFound
+from ..jobs import check_idempotency_key
 from ..models import ItemStatus, Job, JobStatus
 from ..pipeline import OUTCOME_PAGE_BYTES, Pipeline
 from ..store import JobStore
@@ -155,17 +156,36 @@ class _Routes:
                 "Create a job over `items` (at most "
                 f"{max_items} of them) or a registered `source`. Returns once every item is "
                 "stored. Items that are not valid (no id, a repeated id) are refused one by one "
-                "and listed in the job's errors; the rest runs."
+                "and listed in the job's errors; the rest runs. With an `Idempotency-Key` "
+                "header (up to 200 characters) a repeat by the same owner answers 200 with "
+                "the job the first submit created, and stores nothing."
             ),
             responses={
                 201: {"headers": {"Location": _LOCATION}},
+                200: {
+                    "description": "An idempotent repeat: the job that an earlier submit "
+                    "with this Idempotency-Key (and owner) created; nothing was stored.",
+                    "headers": {"Location": _LOCATION},
+                },
                 **_responses(400, 403, 413, auth=guarded),
             },
         )
         async def submit_job(
-            body: SubmitJob, request: Request, response: Response, principal: who
+            body: SubmitJob,
+            request: Request,
+            response: Response,
+            principal: who,
+            idempotency_key: Annotated[
+                str | None,
+                Header(
+                    alias="Idempotency-Key",
+                    description="Submit at most once per key and owner (1 to 200 characters).",
+                ),
+            ] = None,
         ) -> Job:
-            job = await self.submit(body, principal)
+            job, created = await self.submit(body, principal, idempotency_key)
+            if not created:
+                response.status_code = 200
             response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
             return job
 
@@ -371,9 +391,24 @@ class _Routes:
             raise JobNotFound(job_id)
         return job
 
-    async def submit(self, body: SubmitJob, principal: Principal) -> Job:
+    async def submit(
+        self, body: SubmitJob, principal: Principal, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
         """Check what the schema cannot, then submit (shielded: a job is never left half-made
-        because the client went away)."""
+        because the client went away); the job, and False if it is an idempotent repeat's."""
+        try:
+            check_idempotency_key(idempotency_key)
+        except InvalidArgument as exc:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("header", "Idempotency-Key"),
+                        "msg": str(exc),
+                        "input": idempotency_key,
+                    }
+                ]
+            ) from exc
         if body.items is not None and len(body.items) > self.max_items:
             raise HTTPException(
                 413,
@@ -394,7 +429,7 @@ class _Routes:
         )
         try:
             with anyio.CancelScope(shield=True):
-                job = await self.pipeline.submit(
+                job, created = await self.pipeline.submit_or_find(
                     body.processor,
                     body.items,
                     source=body.source,
@@ -402,6 +437,7 @@ class _Routes:
                     options=options,
                     priority=body.priority,
                     owner=owner,
+                    idempotency_key=idempotency_key,
                 )
         except ValidationError as exc:
             raise RequestValidationError(
@@ -409,8 +445,8 @@ class _Routes:
             ) from exc
         except ItemSourceError as exc:
             # The job exists and has failed; its errors say why.
-            job = await self.pipeline.get(exc.job_id)
-        return job
+            job, created = await self.pipeline.get(exc.job_id), True
+        return job, created
 
 
 def _invalid(field: str, message: str) -> NoReturn:

@@ -23,6 +23,7 @@ from ..errors import (
     NothingToRetry,
     PipelineClosed,
     StoreError,
+    SubmitLeaseLost,
     UnknownProcessor,
     UnknownSource,
 )
@@ -41,6 +42,7 @@ STATUS_OF: tuple[tuple[type[BulkpipeError], int], ...] = (
     (InvalidArgument, 400),
     (PipelineClosed, 503),
     (StoreError, 503),
+    (SubmitLeaseLost, 503),  # this server could not renew the lease in time
 )
 
 _STORE_DOWN = "the job store is unavailable; try again later (the server log has the cause)"

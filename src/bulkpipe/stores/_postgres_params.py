@@ -3,12 +3,12 @@ array per column, so that a batch is one round trip), and how their answers come
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._snapshot import MAX_ERRORS
 from ..store import BatchReport, Lease
-from ._sqlbase import clean_text
+from ._encoding import clean_text
 
 
 def refused(ids: Sequence[str], stored: set[str]) -> list[str]:
@@ -59,3 +59,35 @@ def record_params(job_id: str, reports: Sequence[BatchReport], replay: bool) -> 
         "o_finished": finished,
         "max_errors": MAX_ERRORS,
     }
+
+
+def split_reports(reports: Sequence[BatchReport]) -> tuple[list[BatchReport], set[int]]:
+    """The reports to send, and the positions of those left out: a report after one that
+    closed the same batch in this call would find it done, so it is lost."""
+    closed: set[int] = set()
+    sent: list[BatchReport] = []
+    late: set[int] = set()
+    for i, report in enumerate(reports):
+        if report.lease.batch_no in closed:
+            late.add(i)
+            continue
+        sent.append(report)
+        if report.done:
+            closed.add(report.lease.batch_no)
+    return sent, late
+
+
+def lost_batches(
+    reports: Sequence[BatchReport],
+    late: set[int],
+    held: set[tuple[int, int]],
+    reopened: Mapping[int, int],
+) -> tuple[int, ...]:
+    """The batch numbers of the reports the record query refused or reopened."""
+    return tuple(
+        r.lease.batch_no
+        for i, r in enumerate(reports)
+        if i in late
+        or (r.lease.batch_no, r.lease.token) not in held
+        or (r.done and r.lease.batch_no in reopened)
+    )

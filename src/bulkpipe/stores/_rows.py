@@ -36,6 +36,8 @@ class HasCounts(Protocol):
     def failed(self) -> int: ...
     @property
     def open_batches(self) -> int: ...
+    @property
+    def abandoned(self) -> bool: ...
 
 
 class Counts(NamedTuple):
@@ -47,6 +49,7 @@ class Counts(NamedTuple):
     succeeded: int
     failed: int
     open_batches: int
+    abandoned: bool
 
 
 class JobRow(NamedTuple):
@@ -73,6 +76,7 @@ class JobRow(NamedTuple):
     updated_at: float | None
     completed_at: float | None
     errors: Any  # PostgreSQL: the kept errors as a JSON array; SQLite: NULL (read apart)
+    idempotency_key: str | None
 
 
 class OutcomeColumns(Protocol):
@@ -174,6 +178,7 @@ class RecordedRow(NamedTuple):
     open_batches: int
     held: list[list[int]]  # [batch_no, token]
     reopened: list[list[int]]  # [batch_no, short]
+    abandoned: bool
 
 
 class OutcomePageRow(NamedTuple):

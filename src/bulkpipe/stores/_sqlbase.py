@@ -23,12 +23,10 @@ from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Protocol, Typ
 
 import anyio
 import anyio.to_thread
-import attrs
 
 from .._snapshot import MAX_ERRORS, build_job, outcome_from_row, read_options
 from ..error_types import ErrorType
-from ..errors import InvalidArgument, JobNotFound, StoreError
-from ..items import encode_json
+from ..errors import JobNotFound, StoreError
 from ..models import ItemOutcome, Job, JobStatus, ProcessingError
 from ..store import (
     BatchReport,
@@ -39,9 +37,15 @@ from ..store import (
     Progress,
     RenewResult,
 )
+from ._encoding import job_params
+from ._encoding import progress_of as progress_of  # re-exported for the dialects
 from ._finish import check_finish_status
-from ._rows import Counts, FailedItem, HasCounts, JobRow, JobState, OutcomeColumns
+from ._requests import ClaimRequest as ClaimRequest  # the requests are re-exported too
+from ._requests import FinishRequest as FinishRequest
+from ._requests import OutcomePageRequest as OutcomePageRequest
+from ._rows import Counts, FailedItem, JobRow, JobState, OutcomeColumns
 from ._sql import check_prefix, load_migrations, load_queries
+from ._submit_sql import abandon_expired, find_idempotent, renew_submit
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -68,52 +72,6 @@ H = TypeVar("H", bound=_Closes)  # what an open store holds: a connection, or a 
 
 
 # -- encoding and decoding, the same in both dialects ----------------------------------------
-
-
-def job_params(job: Job) -> dict[str, Any]:
-    """The ``insert_job`` / ``create_job`` parameters of a new job."""
-    try:
-        params = encode_json(job.params) if job.params is not None else None
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"job params must be JSON-serialisable: {exc}") from exc
-    return {
-        "id": job.id,
-        "type": job.type,
-        "options": job.options.model_dump_json(),
-        "priority": job.priority,
-        "retry_of": job.retry_of,
-        "owner": job.owner,
-        "source": job.source,
-        "params": params,
-        "created_at": job.created_at.timestamp(),
-    }
-
-
-def clean_text(text: str | None) -> str | None:
-    """PostgreSQL text cannot hold NUL characters; keep the rest of a message."""
-    return text.replace("\x00", "\ufffd") if text is not None and "\x00" in text else text
-
-
-def error_json(error: ProcessingError) -> dict[str, Any]:
-    """A job error as the JSON object a store keeps (see :func:`error_from_json`)."""
-    return {
-        "item_id": clean_text(error.item_id),
-        "error": clean_text(error.error),
-        "error_type": clean_text(error.error_type),
-        "at": error.timestamp.timestamp(),
-        "retry_count": error.retry_count,
-    }
-
-
-def error_from_json(entry: Mapping[str, Any]) -> ProcessingError:
-    """A job error from the JSON object :func:`error_json` made."""
-    return ProcessingError(
-        item_id=entry["item_id"],
-        error=entry["error"],
-        error_type=entry["error_type"],
-        timestamp=datetime.fromtimestamp(entry["at"], UTC),
-        retry_count=entry["retry_count"],
-    )
 
 
 def job_from_row(row: JobRow, errors: list[ProcessingError]) -> Job:
@@ -169,19 +127,7 @@ def job_from_row(row: JobRow, errors: list[ProcessingError]) -> Job:
         started_at=row.started_at,
         updated_at=row.updated_at,
         completed_at=row.completed_at,
-    )
-
-
-def progress_of(counts: HasCounts, lost: tuple[int, ...] = ()) -> Progress:
-    """A :class:`Progress` from a job's stored counts."""
-    return Progress(
-        status=JobStatus(counts.status),
-        sealed=bool(counts.sealed),
-        total=counts.total,
-        succeeded=counts.succeeded,
-        failed=counts.failed,
-        open_batches=counts.open_batches,
-        lost=lost,
+        idempotency_key=row.idempotency_key,
     )
 
 
@@ -206,37 +152,6 @@ def next_cursor(last_seq: int | None, more: bool, cursor: int | None) -> int | N
     if not more:
         return None
     return last_seq if last_seq is not None else (cursor or 0)
-
-
-@attrs.frozen(kw_only=True)
-class ClaimRequest:
-    """What ``claim_batch`` was asked for (see :meth:`bulkpipe.store.JobStore.claim_batch`)."""
-
-    worker_id: str
-    lease_seconds: float
-    job_id: str | None
-    exclude: list[str]
-    types: list[str] | None
-
-
-@attrs.frozen(kw_only=True)
-class FinishRequest:
-    """What ``finish_job`` was asked for, its status already checked to be terminal."""
-
-    job_id: str
-    status: JobStatus
-    error: ProcessingError | None
-
-
-@attrs.frozen(kw_only=True)
-class OutcomePageRequest:
-    """What ``read_outcomes`` was asked for; ``after`` is the cursor (0: from the start)."""
-
-    job_id: str
-    failed: bool | None
-    after: int
-    limit: int
-    max_bytes: int | None
 
 
 class SQLStore(abc.ABC, Generic[C, H]):
@@ -396,9 +311,40 @@ class SQLStore(abc.ABC, Generic[C, H]):
 
     # -- submission --------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> None:
-        """Persist a new job (pending, unsealed, no items)."""
-        await self._call("creating a job", self._create_job, job_params(job))
+    async def create_job(self, job: Job, *, submit_lease: float | None = None) -> Job:
+        """Persist a new job (pending, unsealed, no items) and return the job as stored:
+        ``job``, or the job of the same owner with the same idempotency key, if there is one
+        (see :meth:`bulkpipe.store.JobStore.create_job`)."""
+        return await self._create(job, submit_lease, {})
+
+    async def _create(self, job: Job, submit_lease: float | None, extra: dict[str, Any]) -> Job:
+        row = {**job_params(job), **extra, "submit_lease": submit_lease}
+        found = await self._call("creating a job", self._create_or_find, row)
+        return job if found is None else await self.get_job(found)
+
+    def _create_or_find(self, conn: C, retry: bool, row: dict[str, Any]) -> str | None:
+        """Insert the job; None, or the id of the job that already has its idempotency key
+        (looked for first, and again when the insert fails: a submit racing this one)."""
+        key = row["idempotency_key"]
+        if key is not None and (found := find_idempotent(self._q, conn, row)) is not None:
+            return found
+        try:
+            self._create_job(conn, retry, row)
+        except self.driver_error:
+            if key is None or (found := find_idempotent(self._q, conn, row)) is None:
+                raise
+            return found
+        return None
+
+    async def renew_submit(self, job_id: str, lease_seconds: float) -> Progress:
+        """Extend the submit lease of an unsealed live job; the job's progress either way."""
+        return await self._call(
+            "renewing a submit lease", renew_submit, self._q, job_id, float(lease_seconds)
+        )
+
+    async def abandon_expired_submits(self, limit: int = 100) -> list[tuple[str, Progress]]:
+        """Seal the live jobs whose submit lease expired, as abandoned; return them."""
+        return await self._call("sealing abandoned submits", abandon_expired, self._q, limit)
 
     @abc.abstractmethod
     def _create_job(self, conn: C, retry: bool, row: dict[str, Any]) -> None: ...

@@ -55,6 +55,9 @@ class _Job:
     source: str | None
     params: dict[str, object] | None
     created_at: float
+    idempotency_key: str | None = None
+    submit_expires: float | None = None  # the submit lease, by time.monotonic()
+    abandoned: bool = False
     status: JobStatus = JobStatus.PENDING
     sealed: bool = False
     started_at: float | None = None
@@ -87,6 +90,7 @@ class _Job:
             failed=self.failed,
             open_batches=self.open_batches,
             lost=lost,
+            abandoned=self.abandoned,
         )
 
     def snapshot(self) -> Job:
@@ -111,6 +115,7 @@ class _Job:
             started_at=self.started_at,
             updated_at=self.updated_at,
             completed_at=self.completed_at,
+            idempotency_key=self.idempotency_key,
         )
 
 
@@ -127,6 +132,7 @@ class MemoryStore(MemoryHousekeeping[_Job]):
     def __init__(self) -> None:
         self._jobs: dict[str, _Job] = {}
         self._active: dict[str, _Job] = {}
+        self._keys: dict[tuple[str | None, str], str] = {}  # (owner, idempotency key) -> id
         self._seq = itertools.count()
         self._tokens = itertools.count(1)
         self._locks: dict[str, tuple[str, float]] = {}
@@ -142,7 +148,10 @@ class MemoryStore(MemoryHousekeeping[_Job]):
 
     # -- submission -------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> None:
+    async def create_job(self, job: Job, *, submit_lease: float | None = None) -> Job:
+        key = job.idempotency_key
+        if key is not None and (found := self._keys.get((job.owner, key))) is not None:
+            return self._jobs[found].snapshot()
         if job.id in self._jobs:
             raise StoreError(f"a job with id {job.id!r} already exists in this store")
         state = _Job(
@@ -156,9 +165,15 @@ class MemoryStore(MemoryHousekeeping[_Job]):
             source=job.source,
             params=dict(job.params) if job.params is not None else None,
             created_at=job.created_at.timestamp(),
+            idempotency_key=key,
         )
+        if submit_lease is not None:
+            state.submit_expires = time.monotonic() + submit_lease
+        if key is not None:
+            self._keys[(job.owner, key)] = job.id
         self._jobs[job.id] = state
         self._active[job.id] = state
+        return job
 
     async def add_batch(self, job_id: str, items: Sequence[EncodedItem]) -> list[str]:
         return await self.add_batches(job_id, (items,))
@@ -199,8 +214,30 @@ class MemoryStore(MemoryHousekeeping[_Job]):
     async def seal_job(self, job_id: str) -> Progress:
         job = self._job(job_id)
         job.sealed = True
+        job.submit_expires = None
         job.ids = set()  # only needed to refuse repeated ids while items arrive
         return job.progress()
+
+    async def renew_submit(self, job_id: str, lease_seconds: float) -> Progress:
+        job = self._job(job_id)
+        if job.submit_expires is not None and not job.sealed and not job.status.is_terminal:
+            job.submit_expires = time.monotonic() + lease_seconds
+        return job.progress()
+
+    async def abandon_expired_submits(self, limit: int = 100) -> list[tuple[str, Progress]]:
+        now = time.monotonic()
+        expired = sorted(
+            (j for j in self._active.values() if not j.sealed and j.submit_expires is not None),
+            key=lambda j: j.submit_expires or 0.0,
+        )
+        found: list[tuple[str, Progress]] = []
+        for job in expired[: max(limit, 0)]:
+            if job.submit_expires is None or job.submit_expires > now:
+                break
+            job.sealed, job.abandoned, job.submit_expires = True, True, None
+            job.ids = set()
+            found.append((job.id, job.progress()))
+        return found
 
     # -- work -------------------------------------------------------------------------------
 

@@ -28,18 +28,11 @@ from .._snapshot import MAX_ERRORS, job_spec
 from ..errors import BulkpipeError, InvalidArgument, JobNotFound, StoreError
 from ..models import Job, JobStatus, ProcessingError
 from ..store import BatchReport, ClaimedBatch, EncodedItem, Lease, Progress, RenewResult
+from ._encoding import error_from_json, error_json, progress_of
 from ._postgres_errors import RETRY_FOR, describe_dsn, hint
-from ._postgres_params import lease_params, record_params, refused
+from ._postgres_params import lease_params, lost_batches, record_params, refused, split_reports
+from ._requests import ClaimRequest, FinishRequest, OutcomePageRequest
 from ._rows import Counts, FailedItem, JobRow, JobState, OutcomePageRow, RecordedRow
-from ._sqlbase import (
-    ClaimRequest,
-    FinishRequest,
-    OutcomePageRequest,
-    error_from_json,
-    error_json,
-    job_params,
-    progress_of,
-)
 from ._sqlhousekeeping import SQLHousekeeping
 
 try:
@@ -278,13 +271,13 @@ class PostgresStore(SQLHousekeeping[Conn, Pool]):
 
     # -- submission -------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> None:
-        """Persist a new job (pending, unsealed, no items)."""
+    async def create_job(self, job: Job, *, submit_lease: float | None = None) -> Job:
+        """Persist a new job, or find the one with its idempotency key (see :class:`SQLStore`)."""
         request = uuid.uuid4().hex
-        await self._call(
-            "creating a job", self._create_job, {**job_params(job), "request": request}
-        )
-        self._last_write[job.id] = request
+        stored = await self._create(job, submit_lease, {"request": request})
+        if stored.id == job.id:
+            self._last_write[job.id] = request
+        return stored
 
     def _create_job(self, conn: Conn, retry: bool, row: dict[str, Any]) -> None:
         if conn.execute(self._q["create_job"], row).fetchone() is not None:
@@ -430,17 +423,7 @@ class PostgresStore(SQLHousekeeping[Conn, Pool]):
         """Outcomes and the counts that include them, in one statement. Safe to retry after
         an unknown commit result: outcomes already stored are neither stored nor counted
         again, and a repeated done report is accepted."""
-        # A report after one that closed the same batch in this call finds it done: lost.
-        closed: set[int] = set()
-        sent: list[BatchReport] = []
-        late: set[int] = set()
-        for i, report in enumerate(reports):
-            if report.lease.batch_no in closed:
-                late.add(i)
-                continue
-            sent.append(report)
-            if report.done:
-                closed.add(report.lease.batch_no)
+        sent, late = split_reports(reports)
         # Not prepared: a prepared statement soon runs a generic plan, and the generic plan of
         # this one scans every batch of the store (the replay condition defeats the index).
         row = conn.execute(
@@ -461,14 +444,7 @@ class PostgresStore(SQLHousekeeping[Conn, Pool]):
                 job_id,
                 short,
             )
-        lost = tuple(
-            r.lease.batch_no
-            for i, r in enumerate(reports)
-            if i in late
-            or (r.lease.batch_no, r.lease.token) not in held
-            or (r.done and r.lease.batch_no in reopened)
-        )
-        return progress_of(result, lost)
+        return progress_of(result, lost_batches(reports, late, held, reopened))
 
     def _renew(
         self, conn: Conn, retry: bool, leases: Sequence[Lease], lease_seconds: float

@@ -35,6 +35,7 @@ def make_job(
     owner: str | None = None,
     source: str | None = None,
     params: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
 ) -> Job:
     """A new pending job, as ``Pipeline.submit`` hands it to ``create_job``."""
     return new_job(
@@ -47,6 +48,7 @@ def make_job(
         params=params,
         retry_of=retry_of,
         owner=owner,
+        idempotency_key=idempotency_key,
     )
 
 

@@ -1,8 +1,8 @@
 """The example-based store contract: :class:`StoreContract`, joined from one class per area.
 
 Each area is its own module (jobs and submission, claims and leases, outcomes, progress, where
-pages end, housekeeping); a store passes the contract when a ``Test*`` subclass of
-:class:`StoreContract` passes.
+pages end, housekeeping, submit leases and idempotency keys); a store passes the contract
+when a ``Test*`` subclass of :class:`StoreContract` passes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from .jobs import JobsContract
 from .outcomes import OutcomesContract
 from .pages import PagesContract
 from .progress import ProgressContract
+from .submits import SubmitsContract
 
 __all__ = ["StoreContract"]
 
@@ -24,6 +25,7 @@ class StoreContract(
     ProgressContract,
     PagesContract,
     HousekeepingContract,
+    SubmitsContract,
 ):
     """Example tests of every :class:`JobStore` semantic; subclass it to test a store.
 

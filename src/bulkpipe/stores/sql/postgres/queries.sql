@@ -36,11 +36,13 @@ SELECT pg_advisory_xact_lock(
 
 -- name: create_job --
 INSERT INTO {prefix}jobs (
-    id, type, options, priority, retry_of, owner, source, params, created_at, last_request
+    id, type, options, priority, retry_of, owner, source, params, created_at, last_request,
+    submit_expires_at, idempotency_key
 )
 VALUES (
     %(id)s, %(type)s, %(options)s::jsonb, %(priority)s, %(retry_of)s, %(owner)s, %(source)s,
-    %(params)s::jsonb, %(created_at)s, %(request)s
+    %(params)s::jsonb, %(created_at)s, %(request)s,
+    now() + make_interval(secs => %(submit_lease)s::float8), %(idempotency_key)s
 )
 ON CONFLICT (id) DO NOTHING
 RETURNING seq
@@ -114,12 +116,12 @@ WHERE j.id = %(id)s AND (%(prev)s::text IS NULL OR j.last_request = %(prev)s::te
 RETURNING j.seq
 
 -- name: seal_job --
-UPDATE {prefix}jobs SET sealed = true
+UPDATE {prefix}jobs SET sealed = true, submit_expires_at = NULL
 WHERE id = %(id)s AND (%(prev)s::text IS NULL OR last_request = %(prev)s::text)
-RETURNING status, sealed, total, succeeded, failed, open_batches
+RETURNING status, sealed, total, succeeded, failed, open_batches, abandoned
 
 -- name: progress --
-SELECT status, sealed, total, succeeded, failed, open_batches FROM {prefix}jobs
+SELECT status, sealed, total, succeeded, failed, open_batches, abandoned FROM {prefix}jobs
 WHERE id = %(id)s
 
 -- name: claim_any --
@@ -317,7 +319,7 @@ FROM job, counted
 WHERE j.seq = job.seq
 RETURNING j.status, j.sealed, j.total, j.succeeded, j.failed, j.open_batches,
     ARRAY(SELECT ARRAY[batch_no, token] FROM held),
-    ARRAY(SELECT ARRAY[batch_no, short] FROM changed WHERE closing AND state = 0)
+    ARRAY(SELECT ARRAY[batch_no, short] FROM changed WHERE closing AND state = 0), j.abandoned
 
 -- name: renew_leases --
 -- Extends the leases still held on live jobs; returns every lease given, with its job's
@@ -394,14 +396,14 @@ RETURNING j.seq
 -- name: get_job --
 SELECT seq, id, type, status, options::text, priority, retry_of, owner, source, params,
     sealed, total, succeeded, failed, rejected, error_count, created_at, started_at,
-    updated_at, completed_at, errors
+    updated_at, completed_at, errors, idempotency_key
 FROM {prefix}jobs
 WHERE id = %(id)s
 
 -- name: list_jobs --
 SELECT seq, id, type, status, options::text, priority, retry_of, owner, source, params,
     sealed, total, succeeded, failed, rejected, error_count, created_at, started_at,
-    updated_at, completed_at, errors
+    updated_at, completed_at, errors, idempotency_key
 FROM {prefix}jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
@@ -508,3 +510,31 @@ WHERE i.job = %(job)s
   AND (o.ok IS NULL OR NOT o.ok)
 ORDER BY i.batch_no, i.pos
 LIMIT %(limit)s
+
+-- == submit leases and idempotency keys ========================================================
+
+-- name: job_by_idempotency_key --
+-- The job of one owner (NULL: no owner) with an idempotency key, if any.
+SELECT id FROM {prefix}jobs
+WHERE idempotency_key = %(idempotency_key)s AND owner IS NOT DISTINCT FROM %(owner)s::text
+
+-- name: renew_submit --
+-- Extends the submit lease of an unsealed live job that has one, by the database clock.
+UPDATE {prefix}jobs SET submit_expires_at = now() + make_interval(secs => %(lease)s::float8)
+WHERE id = %(id)s AND NOT sealed AND status IN ('pending', 'processing')
+    AND submit_expires_at IS NOT NULL
+
+-- name: abandon_expired_submits --
+-- Seals the unsealed live jobs whose submit lease has expired (by the database clock), oldest
+-- expiry first, marking them abandoned. SKIP LOCKED: a job another call is writing to (its
+-- submitter adding items, a worker recording) is left for the next sweep. Not a durable
+-- commit: should the server lose it in a crash, the job is simply found again.
+UPDATE {prefix}jobs AS j SET sealed = true, abandoned = true, submit_expires_at = NULL
+WHERE j.seq IN (
+    SELECT seq FROM {prefix}jobs
+    WHERE NOT sealed AND status IN ('pending', 'processing') AND submit_expires_at <= now()
+    ORDER BY submit_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING j.id, j.status, j.sealed, j.total, j.succeeded, j.failed, j.open_batches, j.abandoned

@@ -52,9 +52,11 @@ UPDATE {prefix}meta SET value = value + 1 WHERE key = 'last_token' RETURNING val
 
 -- name: insert_job --
 INSERT INTO {prefix}jobs (
-    id, type, status, options, priority, retry_of, owner, source, params, created_at
+    id, type, status, options, priority, retry_of, owner, source, params, created_at,
+    submit_expires_at, idempotency_key
 ) VALUES (
-    :id, :type, 'pending', :options, :priority, :retry_of, :owner, :source, :params, :created_at
+    :id, :type, 'pending', :options, :priority, :retry_of, :owner, :source, :params, :created_at,
+    :now + :submit_lease, :idempotency_key
 )
 
 -- name: job_state --
@@ -96,13 +98,15 @@ INSERT INTO {prefix}errors (job, item_id, error, error_type, timestamp, retry_co
 VALUES (?, ?, ?, ?, ?, ?)
 
 -- name: seal_job --
-UPDATE {prefix}jobs SET sealed = 1 WHERE seq = :job
+UPDATE {prefix}jobs SET sealed = 1, submit_expires_at = NULL WHERE seq = :job
 
 -- name: progress --
-SELECT status, sealed, total, succeeded, failed, open_batches FROM {prefix}jobs WHERE id = :id
+SELECT status, sealed, total, succeeded, failed, open_batches, abandoned FROM {prefix}jobs
+WHERE id = :id
 
 -- name: progress_by_seq --
-SELECT status, sealed, total, succeeded, failed, open_batches FROM {prefix}jobs WHERE seq = :job
+SELECT status, sealed, total, succeeded, failed, open_batches, abandoned FROM {prefix}jobs
+WHERE seq = :job
 
 -- == claiming =================================================================================
 
@@ -213,7 +217,7 @@ SET succeeded = succeeded + :succeeded, failed = failed + :failed,
     error_count = error_count + :failed, open_batches = open_batches - :done,
     updated_at = :now
 WHERE seq = :job
-RETURNING status, sealed, total, succeeded, failed, open_batches
+RETURNING status, sealed, total, succeeded, failed, open_batches, abandoned
 
 -- == leases ===================================================================================
 
@@ -246,7 +250,7 @@ WHERE seq = :job AND status IN ('pending', 'processing')
 -- The errors column is PostgreSQL's; SQLite reads a job's errors apart (job_errors).
 SELECT seq, id, type, status, options, priority, retry_of, owner, source, params, sealed, total,
     succeeded, failed, rejected, error_count, created_at, started_at, updated_at, completed_at,
-    NULL AS errors
+    NULL AS errors, idempotency_key
 FROM {prefix}jobs
 WHERE id = :id
 
@@ -260,7 +264,7 @@ LIMIT :limit
 -- The errors column is PostgreSQL's; SQLite reads a job's errors apart (job_errors).
 SELECT seq, id, type, status, options, priority, retry_of, owner, source, params, sealed, total,
     succeeded, failed, rejected, error_count, created_at, started_at, updated_at, completed_at,
-    NULL AS errors
+    NULL AS errors, idempotency_key
 FROM {prefix}jobs
 WHERE (:status IS NULL OR status = :status) AND (:owner IS NULL OR owner = :owner)
 ORDER BY seq DESC
@@ -364,3 +368,28 @@ WHERE i.job = :job
   AND (o.ok IS NULL OR o.ok = 0)
 ORDER BY i.seq
 LIMIT :limit
+
+-- == submit leases and idempotency keys ========================================================
+
+-- name: job_by_idempotency_key --
+-- The job of one owner (NULL: no owner) with an idempotency key, if any.
+SELECT id FROM {prefix}jobs
+WHERE idempotency_key = :idempotency_key AND owner IS :owner
+
+-- name: renew_submit --
+-- Extends the submit lease of an unsealed live job that has one; :now is time.time().
+UPDATE {prefix}jobs SET submit_expires_at = :now + :lease
+WHERE id = :id AND NOT sealed AND status IN ('pending', 'processing')
+    AND submit_expires_at IS NOT NULL
+
+-- name: abandon_expired_submits --
+-- Seals the unsealed live jobs whose submit lease has expired, oldest expiry first, marking
+-- them abandoned; one statement, so it is atomic without a transaction of its own.
+UPDATE {prefix}jobs SET sealed = 1, abandoned = 1, submit_expires_at = NULL
+WHERE seq IN (
+    SELECT seq FROM {prefix}jobs
+    WHERE NOT sealed AND status IN ('pending', 'processing') AND submit_expires_at <= :now
+    ORDER BY submit_expires_at
+    LIMIT :limit
+)
+RETURNING id, status, sealed, total, succeeded, failed, open_batches, abandoned

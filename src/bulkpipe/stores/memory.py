@@ -26,6 +26,7 @@ from ..store import (
     RenewResult,
 )
 from ._finish import check_finish_status, may_finish
+from ._workers import MemoryWorkerRegistry, Registered
 
 _PENDING, _LEASED, _DONE = 0, 1, 2
 
@@ -113,7 +114,7 @@ class _Job:
         )
 
 
-class MemoryStore:
+class MemoryStore(MemoryWorkerRegistry):
     """Keeps jobs, items and outcomes in this process's memory.
 
     Fast and dependency-free, for tests, notebooks and one-shot runs; everything is lost when
@@ -128,6 +129,7 @@ class MemoryStore:
         self._active: dict[str, _Job] = {}
         self._seq = itertools.count()
         self._tokens = itertools.count(1)
+        self._workers: dict[str, Registered] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(jobs={len(self._jobs)})"

@@ -1,8 +1,8 @@
 """The example-based store contract: :class:`StoreContract`, joined from one class per area.
 
 Each area is its own module (jobs and submission, claims and leases, outcomes, progress, where
-pages end); a store passes the contract when a ``Test*`` subclass of :class:`StoreContract`
-passes.
+pages end, the worker registry); a store passes the contract when a ``Test*`` subclass of
+:class:`StoreContract` passes.
 """
 
 from __future__ import annotations
@@ -12,12 +12,18 @@ from .jobs import JobsContract
 from .outcomes import OutcomesContract
 from .pages import PagesContract
 from .progress import ProgressContract
+from .workers import WorkersContract
 
 __all__ = ["StoreContract"]
 
 
 class StoreContract(
-    JobsContract, ClaimsContract, OutcomesContract, ProgressContract, PagesContract
+    JobsContract,
+    ClaimsContract,
+    OutcomesContract,
+    ProgressContract,
+    PagesContract,
+    WorkersContract,
 ):
     """Example tests of every :class:`JobStore` semantic; subclass it to test a store.
 

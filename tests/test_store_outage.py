@@ -120,7 +120,7 @@ async def test_pipeline_rides_out_an_outage(
         second = await submit_some(pipeline, 30)
         with anyio.fail_after(10):
             assert (await pipeline.wait(second)).status is JobStatus.COMPLETED
-    workers = {w.worker_id for w in pipeline.workers}
+    workers = {w.worker_id for w in pipeline.local_workers}
     for worker_id in workers:  # each worker logs the outage and its end once
         mine = [r for r in caplog.records if worker_id in r.getMessage()]
         assert len([r for r in mine if UNREACHABLE in r.getMessage()]) <= 1
@@ -195,7 +195,7 @@ async def test_a_failed_worker_is_served_again(caplog: pytest.LogCaptureFixture)
     async with Pipeline(
         MemoryStore(), workers=1, processors={"slow": slow}, poll_interval=0.05
     ) as pipeline:
-        registry = pipeline.workers[0].registry
+        registry = pipeline.local_workers[0].registry
         real = registry.names_with
         calls = 0
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
 
 from .errors import BulkpipeError, StoreError
 from .retry import backoff_delay
 
 log = logging.getLogger("bulkpipe.worker")
+
+T = TypeVar("T")
 
 #: The first pause after a failed store call, and the most a pause grows to (seconds).
 FIRST_DELAY = 0.1
@@ -103,6 +109,27 @@ class StoreOutage:
     def delay(self, failures: int) -> float:
         """The pause after ``failures`` consecutive failures of one loop (capped, jittered)."""
         return backoff_delay(failures, FIRST_DELAY, MAX_DELAY, self._rng)
+
+    async def until_answered(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` (a store call; ``what`` names it for the log) until the store
+        answers: each failure is noted here and followed by a backoff pause."""
+        failures = 0
+        key = object()
+        try:
+            while True:
+                try:
+                    result = await call()
+                except Exception as exc:
+                    if not store_failure(exc):
+                        raise
+                    failures += 1
+                    self.failed(what, exc, key)
+                    await anyio.sleep(self.delay(failures))
+                    continue
+                self.answered(key)
+                return result
+        finally:
+            self.forget(key)
 
     def gave_up(self) -> StoreError:
         """The error a worker that gives up ends with."""

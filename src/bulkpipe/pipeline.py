@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -13,7 +11,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
-from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
 from ._snapshot import OPTIONS_UNREADABLE
@@ -26,20 +23,19 @@ from .errors import (
     JobNotFinished,
     NothingToRetry,
     PipelineClosed,
-    UnknownProcessor,
     UnknownSource,
     WaitTimeout,
 )
 from .gate import PriorityGate
 from .jobs import new_job
 from .lifecycle import JobEvents, Lifecycle
-from .models import ItemOutcome, ItemStatus, Job, JobStatus
+from .local_workers import supervise
+from .models import ItemOutcome, ItemStatus, Job, JobStatus, WorkerInfo
 from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
-from .outage import FIRST_DELAY, MAX_DELAY
 from .processors import ProcessorRegistry
-from .retry import backoff_delay
 from .store import JobStore, Page
 from .submission import ADD_ITEMS, Encoded, ItemWriter
+from .unserved import check_served
 from .worker import Worker
 
 log = logging.getLogger("bulkpipe.pipeline")
@@ -94,7 +90,8 @@ class Pipeline:
         #: here: ``pipeline.events.subscribe(listener)``, called with (job_id, status).
         self.events = JobEvents()
         self._lifecycle = Lifecycle(store, self.events)
-        self.workers = [
+        #: The in-process workers (``workers`` of them); :meth:`workers` lists every live one.
+        self.local_workers = [
             Worker(
                 store,
                 registry=self._registry,
@@ -115,7 +112,7 @@ class Pipeline:
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
-        return f"Pipeline(store={self.store!r}, workers={len(self.workers)})"
+        return f"Pipeline(store={self.store!r}, workers={len(self.local_workers)})"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -129,8 +126,8 @@ class Pipeline:
             stack.push_async_callback(self._close_store)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._stop_workers)
-            for worker in self.workers:
-                await tg.start(self._supervise, worker)
+            for worker in self.local_workers:
+                await tg.start(supervise, worker)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -147,33 +144,8 @@ class Pipeline:
         assert stack is not None
         return await stack.__aexit__(exc_type, exc, tb)
 
-    async def _supervise(
-        self, worker: Worker, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve with ``worker`` until the pipeline stops; should it fail once serving (a
-        bug: a store that does not answer is waited out inside the worker), log it and serve
-        again after a pause that grows while it keeps failing, so that the jobs and the HTTP
-        API of this process go on."""
-        status = _Started(task_status)
-        failures = 0
-        rng = random.Random()
-        while True:
-            began = time.monotonic()
-            try:
-                await worker.serve(task_status=status)
-                return
-            except Exception:
-                if not status.done or worker.gave_up:
-                    raise
-                failures = 1 if time.monotonic() - began > 60 else failures + 1
-                delay = backoff_delay(failures, FIRST_DELAY, MAX_DELAY, rng)
-                log.exception(
-                    "in-process worker %s failed; serving again in %.1f s", worker.worker_id, delay
-                )
-            await anyio.sleep(delay)
-
     def _stop_workers(self) -> None:
-        for worker in self.workers:
+        for worker in self.local_workers:
             worker.stop()
 
     async def _close_store(self) -> None:
@@ -191,7 +163,7 @@ class Pipeline:
         """Register a processor under ``name`` (an async or sync function of one item, or an
         object with ``process(item)`` or ``process_batch(items)``)."""
         self._registry.register(name, processor)
-        for worker in self.workers:
+        for worker in self.local_workers:
             worker.wake()
 
     def register_source(self, name: str, source: Source) -> None:
@@ -220,6 +192,7 @@ class Pipeline:
         options: JobOptions | Mapping[str, Any] | None = None,
         priority: int = 0,
         owner: str | None = None,
+        allow_unserved: bool = False,
     ) -> Job:
         """Create a job over ``items`` (or a registered ``source`` called with ``params``).
 
@@ -227,14 +200,16 @@ class Pipeline:
         last one is read. Items that are not valid (not a mapping, no id, a repeated id, not
         JSON) are refused and listed in the job's errors; the rest runs. Returns the job as
         stored once every item is in.
+
+        :class:`UnknownProcessor` when neither this pipeline nor a live worker of the store
+        (:meth:`workers`) serves ``processor``, unless ``allow_unserved`` (a worker that
+        serves it is to start later).
         """
         self._running()
         opts = self._options(options)
         if not isinstance(processor, str) or not processor:
             raise InvalidArgument(f"processor must be a non-empty name, not {processor!r}")
         check_priority(priority)
-        if self.workers and not self._registry.knows(processor):
-            raise UnknownProcessor(processor, sorted(self._registry.names()))
         if (items is None) == (source is None):
             raise InvalidArgument("pass either items or source=..., not both and not neither")
         if params is not None and source is None:
@@ -256,6 +231,7 @@ class Pipeline:
             stream = items
         if owner is not None and not isinstance(owner, str):
             raise InvalidArgument(f"owner must be a string, not {type(owner).__name__}")
+        await check_served(processor, self._registry, self.store, allow_unserved=allow_unserved)
         job = self._new_job(processor, opts, priority, source=source, params=params, owner=owner)
         await self.store.create_job(job)
         await self._fill(job.id, stream, opts)
@@ -307,12 +283,12 @@ class Pipeline:
         await self._seal(job_id)
 
     def _wake_workers(self, job_id: str) -> None:
-        for worker in self.workers:
+        for worker in self.local_workers:
             worker.wake(job_id)
 
     async def _abandon(self, job_id: str, message: str, error_type: ErrorType) -> None:
         at = datetime.now(UTC)
-        for worker in self.workers:
+        for worker in self.local_workers:
             await worker.stop_job(job_id)
         await self._lifecycle.fail(job_id, error_type, message, at=at)
 
@@ -346,6 +322,12 @@ class Pipeline:
             limit=limit,
             offset=offset,
         )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers of the store, oldest first: this pipeline's and every other
+        process's (each registers while it serves; a killed one drops out within seconds)."""
+        self._running()
+        return await self.store.list_workers()
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Wait until the job is terminal and return it; :class:`WaitTimeout` after ``timeout``."""
@@ -462,17 +444,20 @@ class Pipeline:
         job = await self.store.get_job(job_id)
         if job.status.is_terminal:
             raise JobNotCancellable(job_id, job.status.value)
-        for worker in self.workers:
+        for worker in self.local_workers:
             await worker.stop_job(job_id)
         job, changed = await self._lifecycle.cancel(job_id)
         if not changed:
             raise JobNotCancellable(job_id, job.status.value)
         return job
 
-    async def retry_failed(self, job_id: str, *, options: JobOptions | None = None) -> Job:
+    async def retry_failed(
+        self, job_id: str, *, options: JobOptions | None = None, allow_unserved: bool = False
+    ) -> Job:
         """A new job (``retry_of`` set) over exactly the items of ``job_id`` that failed.
 
-        :class:`NothingToRetry` if none failed; :class:`JobNotFinished` while it still runs.
+        :class:`NothingToRetry` if none failed; :class:`JobNotFinished` while it still runs;
+        :class:`UnknownProcessor` as for :meth:`submit` (``allow_unserved`` likewise).
         """
         self._running()
         job = await self.store.get_job(job_id)
@@ -486,6 +471,7 @@ class Pipeline:
                 "options=... to retry it"
             )
         opts = _validated(options or job.options)
+        await check_served(job.type, self._registry, self.store, allow_unserved=allow_unserved)
         # Only a SQLite store written before the range was checked holds a priority outside
         # it; the retry takes the nearest bound, which keeps its place in the order.
         priority = min(max(job.priority, PRIORITY_MIN), PRIORITY_MAX)
@@ -526,20 +512,6 @@ def _unreadable(job: Job) -> bool:
         and e.error.startswith(OPTIONS_UNREADABLE)
         for e in job.errors
     )
-
-
-class _Started:
-    """A task status that passes on only the first ``started()`` (a worker served again
-    after a failure starts again)."""
-
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self.inner = inner
-        self.done = False
-
-    def started(self, value: None = None) -> None:
-        if not self.done:
-            self.done = True
-            self.inner.started(value)
 
 
 def _parse_status(kind: type[E], status: E | str, what: str) -> E:

@@ -106,9 +106,7 @@ class WorkersContract(ContractBase):
         assert [w.id for w in await store.list_workers()] == ["long"]
 
     @pytest.mark.anyio
-    async def test_worker_seen_brings_an_expired_registration_back(
-        self, store: JobStore
-    ) -> None:
+    async def test_worker_seen_brings_an_expired_registration_back(self, store: JobStore) -> None:
         await store.register_worker(worker_info(), self.short_lease)
         await anyio.sleep(self.lease_wait)
         assert await store.worker_seen("w-1", 2, _LONG) is True

@@ -35,7 +35,7 @@ def test_workers_that_keep_dying_on_a_batch_are_stopped_by_max_claims(
     )
 
     async def submit(p: Pipeline) -> str:
-        return (await p.submit("sleepy", items, options=options)).id
+        return (await p.submit("sleepy", items, options=options, allow_unserved=True)).id
 
     async def get(p: Pipeline) -> Job:
         return await p.get(job_id)

@@ -344,7 +344,7 @@ async def test_cancel_of_an_ended_job_raises_job_not_cancellable() -> None:
 
 async def test_cancel_a_job_no_worker_has_started() -> None:
     async with Pipeline(workers=0) as p:
-        job = await p.submit("elsewhere", make_items(3))
+        job = await p.submit("elsewhere", make_items(3), allow_unserved=True)
         job = await p.cancel(job.id)
         assert job.status is JobStatus.CANCELLED
         assert job.processed_items == 0

@@ -81,8 +81,8 @@ async def test_worker_rides_out_an_outage(
     store = FlakyStore(inner)
     worker = Worker(store, processors={"slow": slow}, lease_timeout=0.5, poll_interval=0.05)
     async with Pipeline(store, workers=0) as client, anyio.create_task_group() as tg:
+        await tg.start(worker.serve)  # registered: the submit finds it serves "slow"
         job_id = await submit_some(client, 600)
-        await tg.start(worker.serve)
         await wait_some_done(client, job_id, 50)
         await outage(store, 1.5)  # longer than the lease: leases are lost meanwhile
         with anyio.fail_after(30):

@@ -26,12 +26,10 @@ import logging
 import threading
 import time
 from collections.abc import Collection
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
+from .models import WorkerInfo
 from .store import JobStore, Lease
-
-if TYPE_CHECKING:
-    from .registration import Registration
 
 log = logging.getLogger("bulkpipe.worker")
 
@@ -44,6 +42,15 @@ class Renewals(NamedTuple):
     error: BaseException | None  # the last failure, if the last store call failed
     started: float  # when the failed call started (time.monotonic())
     answered: bool  # whether the last store call succeeded
+
+
+class Registered(Protocol):
+    """What the thread needs of a worker's registration (``bulkpipe.registration``)."""
+
+    @property
+    def ttl(self) -> float: ...
+
+    def info(self, in_flight: int = 0) -> WorkerInfo: ...
 
 
 class HeartbeatThread:
@@ -61,7 +68,7 @@ class HeartbeatThread:
         worker_id: str,
         lease_seconds: float,
         interval: float,
-        registration: Registration | None = None,
+        registration: Registered | None = None,
     ) -> None:
         self.store = store
         self.registration = registration

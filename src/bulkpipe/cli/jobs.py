@@ -10,7 +10,7 @@ import click
 from ..models import Job, JobStatus
 from ..pipeline import Pipeline, Source
 from .errors import EXIT_JOB_FAILED, EXIT_OK, CliInterrupted, Interrupted
-from .params import POSITIVE, json_option, store_option, store_url
+from .params import POSITIVE, allow_unserved_option, json_option, store_option, store_url
 from .render import (
     JobProgress,
     dump_jobs,
@@ -246,21 +246,29 @@ def cancel(ctx: click.Context, job_id: str, as_json: bool, store: str | None) ->
 
 @click.command()
 @JOB
+@allow_unserved_option
 @wait_options
 @json_option
 @store_option
 @click.pass_context
 def retry(
-    ctx: click.Context, job_id: str, wait: bool, workers: int, as_json: bool, store: str | None
+    ctx: click.Context,
+    job_id: str,
+    allow_unserved: bool,
+    wait: bool,
+    workers: int,
+    as_json: bool,
+    store: str | None,
 ) -> None:
     """Retry the failed items of a job, as a new job.
 
     The new job runs exactly the items of JOB that failed, with the same processor, options
-    and priority; its id is printed. JOB must have ended.
+    and priority; its id is printed. JOB must have ended. As for 'submit', a processor that
+    nothing serves is an error unless --allow-unserved.
     """
 
     async def start(pipeline: Pipeline) -> Job:
-        return await pipeline.retry_failed(job_id)
+        return await pipeline.retry_failed(job_id, allow_unserved=allow_unserved)
 
     launch(ctx, store_url(ctx, store), start, wait=wait, workers=workers, as_json=as_json)
 

@@ -12,7 +12,14 @@ from ..pipeline import Pipeline
 from ..processors import ProcessorRegistry
 from .inputs import FORMATS, parse_params, read_items
 from .jobs import launch, wait_options
-from .params import job_option_flags, job_options, json_option, store_option, store_url
+from .params import (
+    allow_unserved_option,
+    job_option_flags,
+    job_options,
+    json_option,
+    store_option,
+    store_url,
+)
 from .runtime import load_source
 
 
@@ -46,6 +53,7 @@ from .runtime import load_source
     help=f"Higher runs first; from {PRIORITY_MIN} to {PRIORITY_MAX}.",
 )
 @click.option("--owner", help="An owner or tenant tag to keep on the job.")
+@allow_unserved_option
 @wait_options
 @json_option
 @store_option
@@ -60,6 +68,7 @@ def submit(
     params: tuple[str, ...],
     priority: int,
     owner: str | None,
+    allow_unserved: bool,
     wait: bool,
     workers: int,
     as_json: bool,
@@ -75,9 +84,11 @@ def submit(
     KEY=VALUE.
 
     Without --wait the job waits in the store until a 'bulkpipe worker' (on this or another
-    machine) runs it. With --wait this process runs it with in-process workers (which also
-    help with other pending jobs of the store meanwhile), shows its progress, and exits 0 if
-    it completed, 1 if it failed or was cancelled.
+    machine) runs it. A PROCESSOR that is neither installed here nor served by a live worker
+    (see 'bulkpipe workers') is an error (exit 2), unless --allow-unserved. With --wait this
+    process runs it with in-process workers (which also help with other pending jobs of the
+    store meanwhile), shows its progress, and exits 0 if it completed, 1 if it failed or was
+    cancelled.
     """
     if (file is None) == (source is None):
         raise click.UsageError("give a FILE (or - for stdin), or --source NAME", ctx)
@@ -99,13 +110,14 @@ def submit(
             options=options,
             priority=priority,
             owner=owner,
+            allow_unserved=allow_unserved,
         )
 
     try:
-        if not wait and not ProcessorRegistry().knows(processor):
+        if allow_unserved and not wait and not ProcessorRegistry().knows(processor):
             click.echo(
                 f"bulkpipe: warning: no processor {processor!r} is installed here; the job "
-                "waits for a worker that has one (see 'bulkpipe processors')",
+                "waits for a worker that has one (see 'bulkpipe workers')",
                 err=True,
             )
         launch(

@@ -3,7 +3,7 @@
 # No ``from __future__ import annotations`` here: FastAPI reads the route signatures at run
 # time, and they use names local to ``_Routes.__init__``.
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from enum import Enum
 from typing import Annotated, Any, NoReturn
 
@@ -14,8 +14,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from .. import __version__
-from ..errors import InvalidArgument, InvalidArgumentType, ItemSourceError, JobNotFound
-from ..models import ItemStatus, Job, JobStatus
+from ..errors import (
+    InvalidArgument,
+    InvalidArgumentType,
+    ItemSourceError,
+    JobNotFound,
+    UnknownProcessor,
+)
+from ..models import ItemStatus, Job, JobStatus, WorkerInfo
 from ..pipeline import OUTCOME_PAGE_BYTES, Pipeline
 from ..store import JobStore
 from . import problems
@@ -138,6 +144,7 @@ class _Routes:
     ) -> None:
         self.pipeline = pipeline
         self.max_items = max_items
+        self.guarded = auth is not None
         #: Set to end every open event stream (``serve`` does, when it is told to stop).
         self.end_streams = anyio.Event()
         tags: list[str | Enum] = ["jobs"]
@@ -229,15 +236,21 @@ class _Routes:
             "409 when none failed or the job is still running.",
             responses={
                 201: {"headers": {"Location": _LOCATION}},
-                **_responses(404, 409, auth=guarded),
+                **_responses(400, 404, 409, auth=guarded),
             },
         )
         async def retry_job(
-            job_id: JobId, request: Request, response: Response, principal: who
+            job_id: JobId,
+            request: Request,
+            response: Response,
+            principal: who,
+            allow_unserved: Annotated[
+                bool, Query(description="Retry although nothing serves the processor yet.")
+            ] = False,
         ) -> Job:
             await self.visible(job_id, principal)
-            with anyio.CancelScope(shield=True):
-                job = await pipeline.retry_failed(job_id)
+            with anyio.CancelScope(shield=True), self.unserved():
+                job = await pipeline.retry_failed(job_id, allow_unserved=allow_unserved)
             response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
             return job
 
@@ -341,6 +354,35 @@ class _Routes:
             await self.visible(job_id, principal)
             return EventStream(job_events(pipeline, job_id, interval), self.end_streams)
 
+        @app.get(
+            "/workers",
+            tags=["workers"],
+            response_model=list[WorkerInfo],
+            name="list_workers",
+            summary="List the live workers",
+            description="Every worker serving the store (in this server or elsewhere), oldest "
+            "first, with the processors it serves and its items in flight. With auth, only a "
+            "principal without an owner (an operator) may list them.",
+            responses=_responses(403, auth=guarded),
+        )
+        async def list_workers(principal: who) -> list[WorkerInfo]:
+            if principal.owner is not None:
+                raise HTTPException(
+                    403, "only an operator (a principal without an owner) may list the workers"
+                )
+            return await pipeline.workers()
+
+    @contextlib.contextmanager
+    def unserved(self) -> Iterator[None]:
+        """With auth, an unknown processor's 400 names only that processor: the processors
+        served are not every caller's business."""
+        try:
+            yield
+        except UnknownProcessor as exc:
+            if not self.guarded or exc.known is None:
+                raise
+            raise UnknownProcessor(exc.name) from None
+
     async def visible(self, job_id: str, principal: Principal) -> Job:
         """The job, if it exists and the principal may see it; else 404 (never 403, so that
         a job id does not reveal that another tenant's job exists)."""
@@ -371,7 +413,7 @@ class _Routes:
             body.options.model_dump(exclude_unset=True) if body.options is not None else None
         )
         try:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), self.unserved():
                 job = await self.pipeline.submit(
                     body.processor,
                     body.items,
@@ -380,6 +422,7 @@ class _Routes:
                     options=options,
                     priority=body.priority,
                     owner=owner,
+                    allow_unserved=body.allow_unserved,
                 )
         except ValidationError as exc:
             raise RequestValidationError(

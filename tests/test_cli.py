@@ -38,6 +38,7 @@ COMMANDS = {
     "submit",
     "watch",
     "worker",
+    "workers",
 }
 
 

@@ -49,6 +49,7 @@ EXPECTED = {
     "UnknownSource",
     "WaitTimeout",
     "Worker",
+    "WorkerInfo",
     "__version__",
 }
 

@@ -271,9 +271,9 @@ class Worker:
                             with anyio.move_on_after(self.lease_timeout):
                                 await runner.finished.wait()
                 tg.cancel_scope.cancel()
-                self._served.set()
         if graceful:  # the heartbeat thread has stopped: nothing registers it again
             await self.registration.unregister()
+        self._served.set()  # then run() cancels, and closes the store
         if self._gave_up is not None:
             raise self._gave_up
 

@@ -42,6 +42,7 @@ from ..store import (
 from ._finish import check_finish_status
 from ._rows import Counts, FailedItem, HasCounts, JobRow, JobState, OutcomeColumns
 from ._sql import check_prefix, load_migrations, load_queries
+from ._workers import SQLWorkerRegistry
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -239,7 +240,7 @@ class OutcomePageRequest:
     max_bytes: int | None
 
 
-class SQLStore(abc.ABC, Generic[C, H]):
+class SQLStore(SQLWorkerRegistry, abc.ABC, Generic[C, H]):
     """The :class:`bulkpipe.store.JobStore` shell of a SQL store (see the module docstring)."""
 
     #: The folder of this dialect's queries and migrations under ``stores/sql``.

@@ -41,7 +41,6 @@ from ._sqlbase import (
     job_params,
     progress_of,
 )
-from ._workers import SQLWorkerRegistry
 
 try:
     import psycopg
@@ -68,7 +67,7 @@ Conn = psycopg.Connection[Row]
 Pool = psycopg_pool.ConnectionPool[Conn]
 
 
-class PostgresStore(SQLWorkerRegistry, SQLStore[Conn, Pool]):
+class PostgresStore(SQLStore[Conn, Pool]):
     """Keeps jobs, items and outcomes in PostgreSQL, shared by workers on many machines.
 
     ``dsn`` is a libpq connection string or URL (``postgresql://user@host:5432/db``). The

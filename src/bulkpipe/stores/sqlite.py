@@ -24,7 +24,6 @@ from ._rows import BatchLease, Counts, FailedItem, JobKey, JobRow, LeasedRow, Ou
 from ._sqlbase import ClaimRequest, FinishRequest, OutcomePageRequest, SQLStore, progress_of
 from ._sqlite_errors import hint
 from ._sqlite_schema import expected_schema, schema_objects, statements
-from ._workers import SQLWorkerRegistry
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,7 +41,7 @@ def _scalar(conn: Conn, query: str, params: dict[str, Any] | None = None) -> Any
     return value
 
 
-class SQLiteStore(SQLWorkerRegistry, SQLStore[Conn, Conn]):
+class SQLiteStore(SQLStore[Conn, Conn]):
     """Keeps jobs, items and outcomes in one SQLite file, shared safely by several processes.
 
     The file is created, with its tables, on first :meth:`open`; the schema is versioned and a

@@ -54,6 +54,8 @@ def test_workers_that_keep_dying_on_a_batch_are_stopped_by_max_claims(
                 if worker.proc.poll() is not None:  # a supervisor restarts dead workers
                     deaths.append(worker.terminate())
                     workers[i] = WorkerProcess(store_url, tmp_path, lease_timeout=1.0)
+                    # Handling SIGTERM before the job can end (the finally stops it).
+                    workers[i].ready()
             time.sleep(0.1)
     finally:
         codes = [worker.terminate() for worker in workers]

@@ -29,6 +29,10 @@ _METHODS = (
     "list_jobs",
     "read_outcomes",
     "read_failed_items",
+    "register_worker",
+    "worker_seen",
+    "unregister_worker",
+    "list_workers",
 )
 
 

@@ -19,7 +19,7 @@ from bulkpipe.stores.postgres import PostgresStore
 from .conftest import POSTGRES_URL, postgres_or_skip
 
 #: The store's tables that hold data (``meta`` keeps the schema version).
-DATA_TABLES = ("jobs", "batches", "items", "outcomes")
+DATA_TABLES = ("jobs", "batches", "items", "outcomes", "workers")
 
 
 def unique_prefix() -> str:

@@ -40,6 +40,7 @@ COMMANDS = {
     "submit",
     "watch",
     "worker",
+    "workers",
 }
 
 
@@ -314,7 +315,7 @@ def test_every_job_command_across_processes_of_one_store(store_url: str, nodes: 
 
 def test_submit_without_wait_leaves_the_job_for_a_worker(tmp_path: Path, nodes: Path) -> None:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    result = ok("submit", "nobody_has_this", str(nodes), "--store", url)
+    result = ok("submit", "nobody_has_this", str(nodes), "--allow-unserved", "--store", url)
     assert "no processor 'nobody_has_this' is installed here" in result.stderr
     job = a_job(ok("status", result.stdout.strip(), "--json", "--store", url).stdout)
     assert job.status is JobStatus.PENDING

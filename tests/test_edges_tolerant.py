@@ -184,7 +184,9 @@ async def test_params_that_are_not_json_are_read_as_none(tmp_path: Any) -> None:
             yield {"id": n}
 
     async with Pipeline(open_store(url), workers=0, sources={"numbers": numbers}) as pipeline:
-        job = await pipeline.submit("echo", source="numbers", params={"count": 2}, options=QUICK)
+        job = await pipeline.submit(
+            "echo", source="numbers", params={"count": 2}, options=QUICK, allow_unserved=True
+        )
     execute(url, "UPDATE {p}jobs SET params = :text WHERE id = :id", text="{oops", id=job.id)
     async with pipeline_on(url) as pipeline:
         got = await pipeline.get(job.id)

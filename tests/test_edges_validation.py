@@ -198,7 +198,9 @@ def test_cli_submit_stores_max_claims(tmp_path: Path) -> None:
     items = tmp_path / "items.jsonl"
     items.write_text('{"id": 1}\n')
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    result = invoke("submit", "echo", str(items), "--max-claims", "7", "--store", url)
+    result = invoke(
+        "submit", "echo", str(items), "--max-claims", "7", "--allow-unserved", "--store", url
+    )
     assert result.exit_code == 0, result.output
 
     async def read() -> int:

@@ -30,6 +30,7 @@ from bulkpipe import (
 from bulkpipe.http import Principal, create_app
 from bulkpipe.http.schemas import SubmitOptions
 from bulkpipe.stores import MemoryStore
+from bulkpipe.testing.contract.workers import worker_info
 from tests.helpers import PATIENCE
 
 pytestmark = pytest.mark.anyio
@@ -332,9 +333,17 @@ async def test_unknown_processor_or_source_is_400_when_the_server_has_workers() 
         assert "unknown item source 'x'" in problem["detail"]
 
 
-async def test_a_client_only_server_accepts_any_processor() -> None:
-    async with serving(make_pipeline(workers=0)) as (client, _):
-        job = await submit(client, processor="only-on-remote-workers", items=[{"id": 1}])
+async def test_a_client_only_server_accepts_a_processor_only_when_told_or_served() -> None:
+    store = MemoryStore()
+    async with serving(make_pipeline(store, workers=0)) as (client, _):
+        body = {"processor": "only-on-remote-workers", "items": [{"id": 1}]}
+        problem = problem_of(await client.post("/jobs", json=body), 400)
+        assert "unknown processor 'only-on-remote-workers'" in problem["detail"]
+        assert "known: echo, " in problem["detail"]  # no auth: the names are listed
+        job = await submit(client, **body, allow_unserved=True)
+        assert job["status"] == "pending"
+        await store.register_worker(worker_info(processors=["only-on-remote-workers"]), 60)
+        job = await submit(client, **body)
         assert job["status"] == "pending"
 
 
@@ -420,6 +429,7 @@ async def test_every_route_demands_auth(auth: Any) -> None:
             ("POST", "/jobs/x/retry"),
             ("GET", "/jobs/x/outcomes"),
             ("GET", "/jobs/x/events"),
+            ("GET", "/workers"),
         ]:
             problem_of(await client.request(method, path, json={}), 401)
             problem_of(await client.request(method, path, headers=as_("wrong"), json={}), 401)
@@ -594,7 +604,9 @@ async def test_openapi_document() -> None:
         "delete_job",
         "job_outcomes",
         "job_events",
+        "list_workers",
     }
+    assert operations["list_workers"] == ("GET", "/workers", {"200", "401", "403", "422", "503"})
     events_200 = document["paths"]["/jobs/{job_id}/events"]["get"]["responses"]["200"]
     assert list(events_200["content"]) == ["text/event-stream"]
 

@@ -214,7 +214,7 @@ async def check_scenario(scenario: Scenario) -> None:
         assert harness.in_flight == 0
         assert harness.peak <= scenario.bound
         assert harness.batch_peak <= (scenario.item_concurrency or scenario.batch_size)
-        assert all(w.gate is None or w.gate.in_use == 0 for w in pipeline.workers)
+        assert all(w.gate is None or w.gate.in_use == 0 for w in pipeline.local_workers)
 
         # retry_failed covers exactly the failed items.
         if not failed:
@@ -275,7 +275,7 @@ def test_max_in_flight_holds_across_jobs(
             for job, (count, _) in zip(submitted, jobs, strict=True):
                 done = await pipeline.wait(job.id, timeout=PATIENCE)
                 assert (done.status, done.succeeded_items) == (JobStatus.COMPLETED, count)
-            assert [w.gate.in_use for w in pipeline.workers if w.gate] == [0]
+            assert [w.gate.in_use for w in pipeline.local_workers if w.gate] == [0]
         assert peak <= capacity
 
     anyio.run(main, backend=backend)

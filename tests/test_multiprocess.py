@@ -19,10 +19,13 @@ from .multiproc import WorkerProcess, client, processed
 pytestmark = pytest.mark.subprocess
 
 
-def submit(url: str, n: int, ms: int, **options: Any) -> str:
+def submit(url: str, n: int, ms: int, *, allow_unserved: bool = False, **options: Any) -> str:
     async def go(p: Pipeline) -> str:
         job = await p.submit(
-            "sleepy", ({"id": i, "ms": ms} for i in range(n)), options=JobOptions(**options)
+            "sleepy",
+            ({"id": i, "ms": ms} for i in range(n)),
+            options=JobOptions(**options),
+            allow_unserved=allow_unserved,
         )
         return job.id
 
@@ -53,8 +56,14 @@ def outcome_ids(url: str, job_id: str) -> list[str]:
 @pytest.mark.slow
 def test_sigkill_at_random_points_loses_nothing(store_url: str, tmp_path: Path) -> None:
     n, kills, concurrency, batch_size = 6000, 20, 2, 20
-    job_id = submit(
-        store_url, n, 10, batch_size=batch_size, concurrency=concurrency, progress_interval=0.2
+    job_id = submit(  # before any worker runs: the first one starts on a full job
+        store_url,
+        n,
+        10,
+        allow_unserved=True,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        progress_interval=0.2,
     )
     rng = random.Random(7)
     for _ in range(kills):

@@ -67,7 +67,8 @@ def test_two_workers_survive_an_outage_and_finish_the_job(
 ) -> None:
     direct = with_params(POSTGRES_URL, prefix=prefix)
     n = 3000
-    job_id = submit(direct, 0, 1)  # creates the tables before the workers open the store
+    # Creates the tables before the workers open the store.
+    job_id = submit(direct, 0, 1, allow_unserved=True)
     logs = [tmp_path / f"worker{i}.txt" for i in range(2)]  # not *.log: those count items
     workers = [
         WorkerProcess(

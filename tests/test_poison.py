@@ -292,7 +292,7 @@ async def test_unreadable_stored_payloads_fail_one_by_one(store: JobStore) -> No
         await store.add_batch(job.id, batch)
         await store.add_batch(job.id, [("f", '{"id":"f"}')])
         await store.seal_job(job.id)
-        pipeline.workers[0].wake()
+        pipeline.local_workers[0].wake()
         done = await pipeline.wait(job.id, timeout=PATIENCE)
         assert (done.status, done.succeeded_items, done.failed_items) == (
             JobStatus.COMPLETED,

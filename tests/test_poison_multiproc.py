@@ -35,7 +35,7 @@ def test_workers_that_keep_dying_on_a_batch_are_stopped_by_max_claims(
     )
 
     async def submit(p: Pipeline) -> str:
-        return (await p.submit("sleepy", items, options=options)).id
+        return (await p.submit("sleepy", items, options=options, allow_unserved=True)).id
 
     async def get(p: Pipeline) -> Job:
         return await p.get(job_id)
@@ -54,6 +54,8 @@ def test_workers_that_keep_dying_on_a_batch_are_stopped_by_max_claims(
                 if worker.proc.poll() is not None:  # a supervisor restarts dead workers
                     deaths.append(worker.terminate())
                     workers[i] = WorkerProcess(store_url, tmp_path, lease_timeout=1.0)
+                    # Handling SIGTERM before the job can end (the finally stops it).
+                    workers[i].ready()
             time.sleep(0.1)
     finally:
         codes = [worker.terminate() for worker in workers]

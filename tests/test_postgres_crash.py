@@ -59,6 +59,7 @@ def _submit(url: str, seed: int) -> str:
                 "sleepy",
                 ({"id": i, "ms": rng.randint(0, 300)} for i in range(N_ITEMS)),
                 options=JobOptions(batch_size=100, concurrency=5, progress_interval=0.2),
+                allow_unserved=True,  # the worker starts after the submit
             )
             return job.id
 

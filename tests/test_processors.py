@@ -415,10 +415,10 @@ async def test_an_unknown_source_is_refused_at_submit() -> None:
         assert await p.list_jobs() == []
 
 
-async def test_a_submit_only_pipeline_accepts_any_processor_name() -> None:
-    # With no workers here, the processor may live in another process: accepted as given.
+async def test_a_submit_only_pipeline_takes_a_processor_that_runs_elsewhere_if_told() -> None:
+    # With no workers here, the processor may live in a process that has not started yet.
     async with Pipeline(workers=0) as p:
-        job = await p.submit("runs-elsewhere", make_items(2))
+        job = await p.submit("runs-elsewhere", make_items(2), allow_unserved=True)
         assert job.status is JobStatus.PENDING
         assert job.total_items == 2
 

@@ -51,7 +51,9 @@ def test_a_loop_blocking_processor_keeps_its_leases(store_url: str, tmp_path: Pa
 
     async def go(p: Pipeline) -> str:
         items = ({"id": i, "ms": 1, "block_ms": 3000} for i in range(n))
-        job = await p.submit("sleepy", items, options=JobOptions(batch_size=1, concurrency=1))
+        options = JobOptions(batch_size=1, concurrency=1)
+        # Before the workers start, so that both compete for its batches from the start.
+        job = await p.submit("sleepy", items, options=options, allow_unserved=True)
         return job.id
 
     job_id = client(store_url, go)

@@ -65,7 +65,10 @@ def plugin_env(tmp_path: Path) -> dict[str, str]:
 def submit(url: str, processor: str, items: list[dict[str, int]], **options: int) -> str:
     async def main() -> str:
         async with Pipeline(store=open_store(url), workers=0) as p:
-            job = await p.submit(processor, items, options=JobOptions(**options))
+            # Before the worker starts (and the plugin is installed for it only).
+            job = await p.submit(
+                processor, items, options=JobOptions(**options), allow_unserved=True
+            )
             return job.id
 
     return anyio.run(main)

@@ -50,6 +50,7 @@ EXPECTED = {
     "UnknownSource",
     "WaitTimeout",
     "Worker",
+    "WorkerInfo",
     "__version__",
 }
 

@@ -344,7 +344,7 @@ async def test_cancel_of_an_ended_job_raises_job_not_cancellable() -> None:
 
 async def test_cancel_a_job_no_worker_has_started() -> None:
     async with Pipeline(workers=0) as p:
-        job = await p.submit("elsewhere", make_items(3))
+        job = await p.submit("elsewhere", make_items(3), allow_unserved=True)
         job = await p.cancel(job.id)
         assert job.status is JobStatus.CANCELLED
         assert job.processed_items == 0
@@ -778,7 +778,7 @@ async def test_higher_priority_items_start_first_once_the_bound_is_reached() -> 
         release.set()
         await p.wait(high.id, timeout=PATIENCE)
         await p.wait(low.id, timeout=PATIENCE)
-        assert [w.gate.in_use for w in p.workers if w.gate] == [0]  # every place given back
+        assert [w.gate.in_use for w in p.local_workers if w.gate] == [0]  # every place given back
     # Once places free up, every high item starts before any further low one.
     assert starts[2:11] == ["high"] * 9, "".join(s[0] for s in starts)
     assert starts.count("low") == 10

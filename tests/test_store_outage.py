@@ -81,8 +81,8 @@ async def test_worker_rides_out_an_outage(
     store = FlakyStore(inner)
     worker = Worker(store, processors={"slow": slow}, lease_timeout=0.5, poll_interval=0.05)
     async with Pipeline(store, workers=0) as client, anyio.create_task_group() as tg:
+        await tg.start(worker.serve)  # registered: the submit finds it serves "slow"
         job_id = await submit_some(client, 600)
-        await tg.start(worker.serve)
         await wait_some_done(client, job_id, 50)
         await outage(store, 1.5)  # longer than the lease: leases are lost meanwhile
         with anyio.fail_after(30):
@@ -120,7 +120,7 @@ async def test_pipeline_rides_out_an_outage(
         second = await submit_some(pipeline, 30)
         with anyio.fail_after(10):
             assert (await pipeline.wait(second)).status is JobStatus.COMPLETED
-    workers = {w.worker_id for w in pipeline.workers}
+    workers = {w.worker_id for w in pipeline.local_workers}
     for worker_id in workers:  # each worker logs the outage and its end once
         mine = [r for r in caplog.records if worker_id in r.getMessage()]
         assert len([r for r in mine if UNREACHABLE in r.getMessage()]) <= 1
@@ -195,7 +195,7 @@ async def test_a_failed_worker_is_served_again(caplog: pytest.LogCaptureFixture)
     async with Pipeline(
         MemoryStore(), workers=1, processors={"slow": slow}, poll_interval=0.05
     ) as pipeline:
-        registry = pipeline.workers[0].registry
+        registry = pipeline.local_workers[0].registry
         real = registry.names_with
         calls = 0
 

@@ -19,7 +19,15 @@ from .errors import (
     WaitTimeout,
 )
 from .lifecycle import JobEvents
-from .models import ItemOutcome, ItemStatus, Job, JobStatus, JobSummary, ProcessingError
+from .models import (
+    ItemOutcome,
+    ItemStatus,
+    Job,
+    JobStatus,
+    JobSummary,
+    ProcessingError,
+    WorkerInfo,
+)
 from .options import JobOptions
 from .pipeline import Pipeline, Source
 from .processors import BatchProcessor, ItemProcessor, ProcessorLike
@@ -61,5 +69,6 @@ __all__ = [
     "UnknownSource",
     "WaitTimeout",
     "Worker",
+    "WorkerInfo",
     "__version__",
 ]

@@ -56,14 +56,19 @@ class NothingToRetry(BulkpipeError):
 
 
 class UnknownProcessor(BulkpipeError, LookupError):
-    """No processor is registered (or installed as an entry point) under this name."""
+    """No processor is registered (or installed as an entry point) under this name, here or
+    on any live worker of the store."""
 
-    def __init__(self, name: str, known: list[str]) -> None:
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
         self.name = name
-        listed = ", ".join(sorted(known)) or "none"
+        #: The processor names that are served, when the message may list them.
+        self.known = sorted(known) if known is not None else None
+        listed = f" (known: {', '.join(self.known) or 'none'})" if self.known is not None else ""
         super().__init__(
-            f"unknown processor {name!r}; register it with Pipeline.register() or install it "
-            f"as a 'bulkpipe.processors' entry point (known: {listed})"
+            f"unknown processor {name!r}: neither this process nor any live worker serves "
+            f"it{listed}; check the name, register it with Pipeline.register() or install it "
+            "as a 'bulkpipe.processors' entry point, or pass allow_unserved=True "
+            "(bulkpipe submit --allow-unserved) if a worker that serves it will start later"
         )
 
 

@@ -12,6 +12,10 @@ when it claims a batch (:meth:`hold`) and, once a tick, hands the leases its run
 (:meth:`reconcile`), which drops the batches they closed. A lease is renewed until the loop
 drops it or the store says it is lost; the thread hands lost leases and ended jobs back
 (:meth:`take`) for the loop to act on.
+
+The thread also refreshes the worker's registration (``bulkpipe.registration``) every
+interval, with the number of items in flight that the loop hands it (:attr:`in_flight`), so a
+worker whose loop is blocked is still listed as live.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import logging
 import threading
 import time
 from collections.abc import Collection
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
+from .models import WorkerInfo
 from .store import JobStore, Lease
 
 log = logging.getLogger("bulkpipe.worker")
@@ -39,17 +44,36 @@ class Renewals(NamedTuple):
     answered: bool  # whether the last store call succeeded
 
 
+class Registered(Protocol):
+    """What the thread needs of a worker's registration (``bulkpipe.registration``)."""
+
+    @property
+    def ttl(self) -> float: ...
+
+    def info(self, in_flight: int = 0) -> WorkerInfo: ...
+
+
 class HeartbeatThread:
     """Renews a worker's leases from a daemon thread with its own store connection.
 
     ``store`` must be a fresh, unopened store object (the thread opens and closes it on its own
-    loop); ``interval`` is the seconds between renewals.
+    loop); ``interval`` is the seconds between renewals. With ``registration`` it refreshes the
+    worker's registration too, as often.
     """
 
     def __init__(
-        self, store: JobStore, *, worker_id: str, lease_seconds: float, interval: float
+        self,
+        store: JobStore,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        interval: float,
+        registration: Registered | None = None,
     ) -> None:
         self.store = store
+        self.registration = registration
+        #: Items in flight on the worker, set by the loop once a tick (one int: no lock).
+        self.in_flight = 0
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
         self.interval = interval
@@ -134,6 +158,7 @@ class HeartbeatThread:
                     self._result(exc, started)
             while not await self._wait():
                 await self._renew()
+                await self._refresh()
         finally:
             try:
                 await self.store.close()
@@ -146,6 +171,23 @@ class HeartbeatThread:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), self.interval)
         return self._stop.is_set() or self._stopping.is_set()
+
+    async def _refresh(self) -> None:
+        """Refresh the worker's registration (registering again if it is gone)."""
+        registration = self.registration
+        if registration is None:
+            return
+        started = time.monotonic()
+        in_flight = self.in_flight
+        try:
+            if not await self.store.worker_seen(self.worker_id, in_flight, registration.ttl):
+                await self.store.register_worker(registration.info(in_flight), registration.ttl)
+        except Exception as exc:
+            self._result(exc, started)
+            return
+        with self._lock:
+            if self._error is None:  # a renewal that failed this tick stays the news
+                self._answered = True
 
     async def _renew(self) -> None:
         with self._lock:

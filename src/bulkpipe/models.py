@@ -113,3 +113,24 @@ class ItemOutcome(BaseModel):
     attempts: int
     started_at: datetime
     finished_at: datetime
+
+
+class WorkerInfo(BaseModel):
+    """A worker as registered in the store (``Pipeline.workers()``, ``bulkpipe workers``).
+
+    A worker registers when it starts serving and refreshes ``last_seen`` and ``in_flight``
+    from its heartbeat; it is listed while its registration has not expired (a few heartbeat
+    intervals after it was last seen).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="The worker id (by default host:pid:random).")
+    host: str
+    pid: int
+    processors: list[str] = Field(description="The processor names it serves, sorted.")
+    started_at: datetime
+    last_seen: datetime
+    in_flight: int = Field(
+        default=0, description="Items of the batches it holds that have no outcome yet."
+    )

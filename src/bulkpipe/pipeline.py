@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
-from anyio.abc import TaskStatus
 
 from . import housekeeping
-from ._pipeline_args import Started, merge_options, parse_status, validated
+from ._pipeline_args import merge_options, parse_status, validated
 from .error_types import ErrorType
 from .errors import (
     InvalidArgument,
@@ -24,21 +21,20 @@ from .errors import (
     JobNotCancellable,
     PipelineClosed,
     SubmitLeaseLost,
-    UnknownProcessor,
     UnknownSource,
     WaitTimeout,
 )
 from .gate import PriorityGate
 from .jobs import check_idempotency_key, new_job
 from .lifecycle import JobEvents, Lifecycle
-from .models import ItemOutcome, ItemStatus, Job, JobStatus
+from .local_workers import supervise
+from .models import ItemOutcome, ItemStatus, Job, JobStatus, WorkerInfo
 from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
-from .outage import FIRST_DELAY, MAX_DELAY
 from .processors import ProcessorRegistry
-from .retry import backoff_delay
 from .store import JobStore, Page
 from .submission import ItemWriter
 from .submit_lease import SubmitLeases, check_submit_lease, close_unread, lease_lost
+from .unserved import check_served
 from .worker import Worker
 
 log = logging.getLogger("bulkpipe.pipeline")
@@ -98,7 +94,8 @@ class Pipeline:
         self.events = JobEvents()
         self._lifecycle = Lifecycle(store, self.events)
         self._leases = SubmitLeases(store, self.submit_lease)
-        self.workers = [
+        #: The in-process workers (``workers`` of them); :meth:`workers` lists every live one.
+        self.local_workers = [
             Worker(
                 store,
                 registry=self._registry,
@@ -119,7 +116,7 @@ class Pipeline:
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
-        return f"Pipeline(store={self.store!r}, workers={len(self.workers)})"
+        return f"Pipeline(store={self.store!r}, workers={len(self.local_workers)})"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -135,8 +132,8 @@ class Pipeline:
             stack.callback(self._stop_workers)
             stack.callback(self._leases.stop)
             tg.start_soon(self._leases.run)
-            for worker in self.workers:
-                await tg.start(self._supervise, worker)
+            for worker in self.local_workers:
+                await tg.start(supervise, worker)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -153,33 +150,8 @@ class Pipeline:
         assert stack is not None
         return await stack.__aexit__(exc_type, exc, tb)
 
-    async def _supervise(
-        self, worker: Worker, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve with ``worker`` until the pipeline stops; should it fail once serving (a
-        bug: a store that does not answer is waited out inside the worker), log it and serve
-        again after a pause that grows while it keeps failing, so that the jobs and the HTTP
-        API of this process go on."""
-        status = Started(task_status)
-        failures = 0
-        rng = random.Random()
-        while True:
-            began = time.monotonic()
-            try:
-                await worker.serve(task_status=status)
-                return
-            except Exception:
-                if not status.done or worker.gave_up:
-                    raise
-                failures = 1 if time.monotonic() - began > 60 else failures + 1
-                delay = backoff_delay(failures, FIRST_DELAY, MAX_DELAY, rng)
-                log.exception(
-                    "in-process worker %s failed; serving again in %.1f s", worker.worker_id, delay
-                )
-            await anyio.sleep(delay)
-
     def _stop_workers(self) -> None:
-        for worker in self.workers:
+        for worker in self.local_workers:
             worker.stop()
 
     async def _close_store(self) -> None:
@@ -197,7 +169,7 @@ class Pipeline:
         """Register a processor under ``name`` (an async or sync function of one item, or an
         object with ``process(item)`` or ``process_batch(items)``)."""
         self._registry.register(name, processor)
-        for worker in self.workers:
+        for worker in self.local_workers:
             worker.wake()
 
     def register_source(self, name: str, source: Source) -> None:
@@ -227,6 +199,7 @@ class Pipeline:
         priority: int = 0,
         owner: str | None = None,
         idempotency_key: str | None = None,
+        allow_unserved: bool = False,
     ) -> Job:
         """Create a job over ``items`` (or a registered ``source`` called with ``params``).
 
@@ -239,10 +212,13 @@ class Pipeline:
         whose key this ``owner`` has used already returns that job as it is now and stores
         nothing (``items`` is not read; an async generator is closed). :class:`SubmitLeaseLost`
         if this process failed to renew the job's submit lease in time.
+        :class:`UnknownProcessor` when neither this pipeline nor a live worker of the store
+        (:meth:`workers`) serves ``processor``, unless ``allow_unserved`` (a worker that
+        serves it is to start later).
         """
         job, _ = await self.submit_or_find(
             processor, items, source=source, params=params, options=options, priority=priority,
-            owner=owner, idempotency_key=idempotency_key,
+            owner=owner, idempotency_key=idempotency_key, allow_unserved=allow_unserved,
         )  # fmt: skip
         return job
 
@@ -257,6 +233,7 @@ class Pipeline:
         priority: int = 0,
         owner: str | None = None,
         idempotency_key: str | None = None,
+        allow_unserved: bool = False,
     ) -> tuple[Job, bool]:
         """:meth:`submit`, and whether it created the job (False: ``idempotency_key`` found
         the job an earlier submit created, and nothing was stored)."""
@@ -266,8 +243,6 @@ class Pipeline:
         if not isinstance(processor, str) or not processor:
             raise InvalidArgument(f"processor must be a non-empty name, not {processor!r}")
         check_priority(priority)
-        if self.workers and not self._registry.knows(processor):
-            raise UnknownProcessor(processor, sorted(self._registry.names()))
         if (items is None) == (source is None):
             raise InvalidArgument("pass either items or source=..., not both and not neither")
         if params is not None and source is None:
@@ -289,6 +264,7 @@ class Pipeline:
             stream = items
         if owner is not None and not isinstance(owner, str):
             raise InvalidArgument(f"owner must be a string, not {type(owner).__name__}")
+        await check_served(processor, self._registry, self.store, allow_unserved=allow_unserved)
         job = self._new_job(
             processor, opts, priority, source=source, params=params, owner=owner,
             idempotency_key=idempotency_key,
@@ -335,12 +311,12 @@ class Pipeline:
         await self._seal(job_id)
 
     def _wake_workers(self, job_id: str) -> None:
-        for worker in self.workers:
+        for worker in self.local_workers:
             worker.wake(job_id)
 
     async def _abandon(self, job_id: str, message: str, error_type: ErrorType) -> None:
         at = datetime.now(UTC)
-        for worker in self.workers:
+        for worker in self.local_workers:
             await worker.stop_job(job_id)
         await self._lifecycle.fail(job_id, error_type, message, at=at)
 
@@ -374,6 +350,12 @@ class Pipeline:
             limit=limit,
             offset=offset,
         )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers of the store, oldest first: this pipeline's and every other
+        process's (each registers while it serves; a killed one drops out within seconds)."""
+        self._running()
+        return await self.store.list_workers()
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Wait until the job is terminal and return it; :class:`WaitTimeout` after ``timeout``."""
@@ -490,7 +472,7 @@ class Pipeline:
         job = await self.store.get_job(job_id)
         if job.status.is_terminal:
             raise JobNotCancellable(job_id, job.status.value)
-        for worker in self.workers:
+        for worker in self.local_workers:
             await worker.stop_job(job_id)
         job, changed = await self._lifecycle.cancel(job_id)
         if not changed:
@@ -498,18 +480,25 @@ class Pipeline:
         return job
 
     async def retry_failed(
-        self, job_id: str, *, options: JobOptions | None = None, include_unfinished: bool = False
+        self,
+        job_id: str,
+        *,
+        options: JobOptions | None = None,
+        include_unfinished: bool = False,
+        allow_unserved: bool = False,
     ) -> Job:
         """A new job (``retry_of`` set) over exactly the items of ``job_id`` that failed; with
         ``include_unfinished``, also those that never got an outcome (a cancelled or
         abandoned job's never-run items).
 
-        :class:`NothingToRetry` if there are none; :class:`JobNotFinished` while it runs.
+        :class:`NothingToRetry` if there are none; :class:`JobNotFinished` while it runs;
+        :class:`UnknownProcessor` as for :meth:`submit` (``allow_unserved`` likewise).
         """
         self._running()
         job = await self.store.get_job(job_id)
         housekeeping.check_retry(job, options, unfinished=include_unfinished)
         opts = validated(options or job.options)
+        await check_served(job.type, self._registry, self.store, allow_unserved=allow_unserved)
         # Only a SQLite store written before the range was checked holds a priority outside
         # it; the retry takes the nearest bound, which keeps its place in the order.
         priority = min(max(job.priority, PRIORITY_MIN), PRIORITY_MAX)

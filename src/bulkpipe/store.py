@@ -14,7 +14,7 @@ from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from .models import ItemOutcome, Job, JobStatus, ProcessingError
+from .models import ItemOutcome, Job, JobStatus, ProcessingError, WorkerInfo
 from .options import JobOptions
 
 T = TypeVar("T")
@@ -278,6 +278,23 @@ class JobStore(Protocol):
 
     async def unlock(self, name: str, holder: str) -> None:
         """Give the named lock back, if ``holder`` has it."""
+
+    # -- the worker registry ----------------------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        """Register (or register again) a worker, live for ``ttl`` seconds from now."""
+
+    async def worker_seen(self, worker_id: str, in_flight: int, ttl: float) -> bool:
+        """Refresh a registered worker: last seen now, ``in_flight`` items, live for ``ttl``
+        seconds more. Return False (changing nothing) when it is not registered (any more):
+        the worker then registers again."""
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Remove a worker's registration (it stopped); nothing for an unknown id."""
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The live workers (registrations not expired), oldest first; registrations that
+        expired more than an hour ago are deleted on the way."""
 
 
 @runtime_checkable

@@ -15,20 +15,20 @@ from typing import TypeVar
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._worker_args import MAX_LEASE_TIMEOUT as MAX_LEASE_TIMEOUT  # public here, as before
-from ._worker_args import MAX_POLL_INTERVAL as MAX_POLL_INTERVAL
-from ._worker_args import check_timing
 from .error_types import ErrorType
-from .errors import InvalidArgument, StoreError
+from .errors import StoreError
 from .gate import PriorityGate
 from .heartbeat import HeartbeatThread
 from .lifecycle import JobEvents, Lifecycle
 from .outage import StoreOutage, store_failure
 from .processors import ProcessorRegistry
+from .recycling import Recycling
+from .registration import Registration
 from .runner import JobRunner
 from .store import ClaimedBatch, JobStore, Lease, SupportsHeartbeatStore
 from .sweeps import Sweeps
-from .watchdog import LoopWatchdog, resident_memory
+from .watchdog import LoopWatchdog
+from .worker_checks import check_timing
 
 log = logging.getLogger("bulkpipe.worker")
 
@@ -89,7 +89,12 @@ class Worker:
         give_up_after: float | None = None,
         events: JobEvents | None = None,
     ) -> None:
-        check_timing(lease_timeout, poll_interval, give_up_after)
+        check_timing(
+            lease_timeout=lease_timeout,
+            poll_interval=poll_interval,
+            give_up_after=give_up_after,
+            blocked_loop_threshold=blocked_loop_threshold,
+        )
         self.store = store
         #: Ends jobs (completing, failing) and announces it on ``events`` (shared with the
         #: pipeline that made this worker; else one of its own).
@@ -98,34 +103,14 @@ class Worker:
         if registry is not None and processors:
             for name, processor in processors.items():
                 registry.register(name, processor)
-        if blocked_loop_threshold is not None and not blocked_loop_threshold > 0:
-            raise InvalidArgument(
-                f"blocked_loop_threshold must be positive or None, not {blocked_loop_threshold}; "
-                "pass None to turn the event-loop watchdog off"
-            )
         self.blocked_loop_threshold = blocked_loop_threshold
-        if max_items is not None and max_items < 1:
-            raise InvalidArgument(
-                f"max_items must be 1 or more, or None, not {max_items}; pass None for a "
-                "worker that never recycles on items"
-            )
-        if max_memory is not None and max_memory < 1:
-            raise InvalidArgument(
-                f"max_memory must be a positive number of bytes, or None, not {max_memory}; "
-                "e.g. 2 * 1024**3 for 2 GiB"
-            )
-        self.max_items = max_items
-        self.max_memory = max_memory
-        #: Items of the batches claimed so far (counted per batch, for ``max_items``).
-        self.items_claimed = 0
-        #: ``"max_items"`` or ``"max_memory"`` once that limit was reached, else None.
-        self.limit_reached: str | None = None
         #: Whether :meth:`stop` was called (a signal, the caller): then do not recycle.
         self.stop_requested = False
-        self._draining = False
         self.lease_timeout = lease_timeout
         self.poll_interval = poll_interval
         self.worker_id = worker_id or _default_worker_id()
+        #: The ``max_items`` / ``max_memory`` limits and what was claimed towards them.
+        self.recycling = Recycling(self.worker_id, max_items, max_memory, self.wake)
         self.gate = (
             gate
             if gate is not None
@@ -148,9 +133,22 @@ class Worker:
         self.heartbeat_thread: HeartbeatThread | None = None
         #: The blocked-loop watchdog while serving (None when ``blocked_loop_threshold`` is).
         self.watchdog: LoopWatchdog | None = None
+        self._interval = min(self.lease_timeout / 3, 1.0)  # between heartbeats
+        #: This worker's entry in the store's worker registry.
+        self.registration = Registration(store, self.worker_id, self._interval, self.outage)
 
     def __repr__(self) -> str:
         return f"Worker(id={self.worker_id!r}, store={self.store!r})"
+
+    @property
+    def limit_reached(self) -> str | None:
+        """``"max_items"`` or ``"max_memory"`` once that limit was reached, else None."""
+        return self.recycling.limit_reached
+
+    @property
+    def items_claimed(self) -> int:
+        """Items of the batches claimed so far (counted per batch, for ``max_items``)."""
+        return self.recycling.items_claimed
 
     # -- public -----------------------------------------------------------------------------
 
@@ -226,15 +224,18 @@ class Worker:
         until the store has not answered for that long: then raise :class:`StoreError`)."""
         installed = set(self.registry.installed())
         self._gave_up = None
+        graceful = False
+        self.registration.serves(self.registry.names_with(installed))
+        await self.registration.register()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._heartbeat)
+            tg.start_soon(self._heartbeat, installed)
             if self.give_up_after is not None:
                 tg.start_soon(self._watch_outage, tg.cancel_scope)
             task_status.started()
             try:
                 failures = 0
                 while not self._stopping:
-                    if self._draining:  # a recycling limit was reached (_reach_limit)
+                    if self.recycling.draining:  # a recycling limit was reached
                         await self._drain()
                         continue
                     exclude = self._running_jobs | self._stopped_jobs | self._cooled()
@@ -260,6 +261,7 @@ class Worker:
                         await self.wait_for_work()
                         continue
                     self._start(claimed, tg)
+                graceful = self._gave_up is None
             finally:
                 for runner in list(self.runners.values()):
                     runner.stop()
@@ -269,7 +271,9 @@ class Worker:
                             with anyio.move_on_after(self.lease_timeout):
                                 await runner.finished.wait()
                 tg.cancel_scope.cancel()
-                self._served.set()
+        if graceful:  # the heartbeat thread has stopped: nothing registers it again
+            await self.registration.unregister()
+        self._served.set()  # then run() cancels, and closes the store
         if self._gave_up is not None:
             raise self._gave_up
 
@@ -365,7 +369,7 @@ class Worker:
 
     async def claim(self, job_id: str) -> ClaimedBatch | None:
         """Claim the next batch of one job this worker already runs."""
-        if self._stopping or self._draining or job_id in self._stopped_jobs:
+        if self._stopping or self.recycling.draining or job_id in self._stopped_jobs:
             return None
         claimed = await self.store.claim_batch(
             worker_id=self.worker_id,
@@ -395,32 +399,7 @@ class Worker:
         block the loop before the next heartbeat tick), and it counts towards ``max_items``."""
         if self.heartbeat_thread is not None:
             self.heartbeat_thread.hold(claimed.lease)
-        self.items_claimed += len(claimed.items)
-        if self.max_items is not None and self.items_claimed >= self.max_items:
-            self._reach_limit("max_items", f"{self.items_claimed} items claimed")
-
-    def _reach_limit(self, limit: str, what: str) -> None:
-        if self.limit_reached is not None:
-            return
-        if limit == "max_memory" and not self.items_claimed:
-            # Over the limit before any work: recycling would only start over, again and again.
-            log.warning(
-                "worker %s: max_memory is below this worker's memory before any work (%s); "
-                "not recycling for it: raise the limit",
-                self.worker_id,
-                what,
-            )
-            self.max_memory = None
-            return
-        self.limit_reached = limit
-        self._draining = True
-        log.info(
-            "worker %s: %s reached (%s); claiming nothing more, finishing open batches",
-            self.worker_id,
-            limit,
-            what,
-        )
-        self.wake()
+        self.recycling.claimed(len(claimed.items))
 
     async def _drain(self) -> None:
         """Let the open batches finish (up to their jobs' timeout), then stop gracefully."""
@@ -441,9 +420,14 @@ class Worker:
             f"job {job_id} (processor {runner.spec.type!r})" for job_id, runner in runners.items()
         )
 
-    async def _heartbeat(self) -> None:
-        """Renew leases, act on lost leases and ended jobs, watch the loop, run the sweeps."""
-        interval = min(self.lease_timeout / 3, 1.0)
+    def in_flight(self) -> int:
+        """Items of the batches this worker holds that have no outcome yet."""
+        return sum(b.left for r in self.runners.values() for b in r.open if not b.closed)
+
+    async def _heartbeat(self, installed: set[str]) -> None:
+        """Renew leases, act on lost leases and ended jobs, watch the loop, settle orphans,
+        refresh the registration."""
+        interval = self._interval
         try:
             # Before the first checkpoint: the claim loop, started with this task, has its
             # first lease held by the thread as soon as its claim returns.
@@ -458,6 +442,7 @@ class Worker:
                     worker_id=self.worker_id,
                     lease_seconds=self.lease_timeout,
                     interval=interval,
+                    registration=self.registration,
                 )
                 self.heartbeat_thread.start()
             async with anyio.create_task_group() as tg:
@@ -468,14 +453,14 @@ class Worker:
                         f"worker {self.worker_id}",
                     )
                     tg.start_soon(self.watchdog.run)
-                await self._beat(interval)
+                await self._beat(interval, installed)
         finally:
             thread, self.heartbeat_thread = self.heartbeat_thread, None
             if thread is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(thread.stop)
 
-    async def _beat(self, interval: float) -> None:
+    async def _beat(self, interval: float, installed: set[str]) -> None:
         thread = self.heartbeat_thread
         key = object()  # the renewals' key in the outage record: "back" waits for them too
         sweeps = Sweeps(
@@ -488,10 +473,9 @@ class Worker:
         )
         while True:
             await anyio.sleep(interval)
-            if self.max_memory is not None:
-                rss = resident_memory()
-                if rss is not None and rss >= self.max_memory:
-                    self._reach_limit("max_memory", f"resident memory {rss / 2**20:.0f} MB")
+            self.recycling.check_memory()
+            names = self.registry.names_with(installed)
+            await self.registration.beat(names, self.in_flight(), thread)
             await sweeps.run_due()  # abandoned submits, unsettled jobs (bulkpipe.sweeps)
             leases = [lease for runner in self.runners.values() for lease in runner.leases()]
             if thread is not None:

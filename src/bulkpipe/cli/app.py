@@ -18,6 +18,7 @@ from .plugins import processors
 from .serve import serve
 from .submit import submit
 from .worker import worker
+from .workers import workers
 
 
 def _usage(exc: click.UsageError) -> click.ClickException:
@@ -85,6 +86,7 @@ for command in (
     demo,
     submit,
     worker,
+    workers,
     status,
     watch,
     list_jobs,

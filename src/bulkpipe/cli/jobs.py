@@ -10,7 +10,7 @@ import click
 from ..models import Job, JobStatus
 from ..pipeline import Pipeline, Source
 from .errors import EXIT_JOB_FAILED, EXIT_OK, CliInterrupted, Interrupted
-from .params import POSITIVE, json_option, store_option, store_url
+from .params import POSITIVE, allow_unserved_option, json_option, store_option, store_url
 from .render import (
     JobProgress,
     dump_jobs,
@@ -255,6 +255,7 @@ def cancel(ctx: click.Context, job_id: str, as_json: bool, store: str | None) ->
     help="Also run the items that never got an outcome (those a cancel or an abandoned "
     "submit left).",
 )
+@allow_unserved_option
 @wait_options
 @json_option
 @store_option
@@ -263,6 +264,7 @@ def retry(
     ctx: click.Context,
     job_id: str,
     include_unfinished: bool,
+    allow_unserved: bool,
     wait: bool,
     workers: int,
     as_json: bool,
@@ -272,11 +274,14 @@ def retry(
 
     The new job runs exactly the items of JOB that failed (with --include-unfinished, also
     those that never ran), with the same processor, options and priority; its id is printed.
-    JOB must have ended.
+    JOB must have ended. As for 'submit', a processor that nothing serves is an error unless
+    --allow-unserved.
     """
 
     async def start(pipeline: Pipeline) -> Job:
-        return await pipeline.retry_failed(job_id, include_unfinished=include_unfinished)
+        return await pipeline.retry_failed(
+            job_id, include_unfinished=include_unfinished, allow_unserved=allow_unserved
+        )
 
     launch(ctx, store_url(ctx, store), start, wait=wait, workers=workers, as_json=as_json)
 

@@ -71,6 +71,16 @@ def store_option(fn: F) -> F:
     )(fn)
 
 
+def allow_unserved_option(fn: F) -> F:
+    """``--allow-unserved``: submit although no live worker serves the processor yet."""
+    return click.option(
+        "--allow-unserved",
+        is_flag=True,
+        help="Create the job although neither this process nor any live worker serves the "
+        "processor (a worker that serves it will start later); without it that is an error.",
+    )(fn)
+
+
 def json_option(fn: F) -> F:
     """``--json``: machine-readable output on stdout."""
     return click.option(

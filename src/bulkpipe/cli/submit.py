@@ -17,6 +17,7 @@ from .inputs import FORMATS, parse_params, read_items
 from .jobs import launch, wait_options
 from .params import (
     FiniteFloat,
+    allow_unserved_option,
     job_option_flags,
     job_options,
     json_option,
@@ -80,6 +81,7 @@ def _idempotency_key(_ctx: click.Context, _param: click.Parameter, value: str | 
     help="Should this command die mid-submit, the job is sealed this long after its last "
     "renewal, and ends failed (SubmitAbandoned) once the items stored have run.",
 )
+@allow_unserved_option
 @wait_options
 @json_option
 @store_option
@@ -96,6 +98,7 @@ def submit(
     owner: str | None,
     idempotency_key: str | None,
     submit_lease: float,
+    allow_unserved: bool,
     wait: bool,
     workers: int,
     as_json: bool,
@@ -111,9 +114,11 @@ def submit(
     KEY=VALUE.
 
     Without --wait the job waits in the store until a 'bulkpipe worker' (on this or another
-    machine) runs it. With --wait this process runs it with in-process workers (which also
-    help with other pending jobs of the store meanwhile), shows its progress, and exits 0 if
-    it completed, 1 if it failed or was cancelled.
+    machine) runs it. A PROCESSOR that is neither installed here nor served by a live worker
+    (see 'bulkpipe workers') is an error (exit 2), unless --allow-unserved. With --wait this
+    process runs it with in-process workers (which also help with other pending jobs of the
+    store meanwhile), shows its progress, and exits 0 if it completed, 1 if it failed or was
+    cancelled.
     """
     if (file is None) == (source is None):
         raise click.UsageError("give a FILE (or - for stdin), or --source NAME", ctx)
@@ -136,13 +141,14 @@ def submit(
             priority=priority,
             owner=owner,
             idempotency_key=idempotency_key,
+            allow_unserved=allow_unserved,
         )
 
     try:
-        if not wait and not ProcessorRegistry().knows(processor):
+        if allow_unserved and not wait and not ProcessorRegistry().knows(processor):
             click.echo(
                 f"bulkpipe: warning: no processor {processor!r} is installed here; the job "
-                "waits for a worker that has one (see 'bulkpipe processors')",
+                "waits for a worker that has one (see 'bulkpipe workers')",
                 err=True,
             )
         launch(

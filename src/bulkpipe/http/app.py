@@ -3,7 +3,7 @@
 # No ``from __future__ import annotations`` here: FastAPI reads the route signatures at run
 # time, and they use names local to ``_Routes.__init__``.
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from enum import Enum
 from typing import Annotated, Any, NoReturn
 
@@ -14,9 +14,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from .. import __version__
-from ..errors import InvalidArgument, InvalidArgumentType, ItemSourceError, JobNotFound
+from ..errors import (
+    InvalidArgument,
+    InvalidArgumentType,
+    ItemSourceError,
+    JobNotFound,
+    UnknownProcessor,
+)
 from ..jobs import check_idempotency_key
-from ..models import ItemStatus, Job, JobStatus
+from ..models import ItemStatus, Job, JobStatus, WorkerInfo
 from ..pipeline import OUTCOME_PAGE_BYTES, Pipeline
 from ..store import JobStore
 from . import problems
@@ -139,6 +145,7 @@ class _Routes:
     ) -> None:
         self.pipeline = pipeline
         self.max_items = max_items
+        self.guarded = auth is not None
         #: Set to end every open event stream (``serve`` does, when it is told to stop).
         self.end_streams = anyio.Event()
         tags: list[str | Enum] = ["jobs"]
@@ -258,12 +265,17 @@ class _Routes:
             request: Request,
             response: Response,
             principal: who,
+            allow_unserved: Annotated[
+                bool, Query(description="Retry although nothing serves the processor yet.")
+            ] = False,
             body: RetryJob | None = None,
         ) -> Job:
             await self.visible(job_id, principal)
             unfinished = body is not None and body.include_unfinished
-            with anyio.CancelScope(shield=True):
-                job = await pipeline.retry_failed(job_id, include_unfinished=unfinished)
+            with anyio.CancelScope(shield=True), self.unserved():
+                job = await pipeline.retry_failed(
+                    job_id, include_unfinished=unfinished, allow_unserved=allow_unserved
+                )
             response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
             return job
 
@@ -383,6 +395,35 @@ class _Routes:
             await self.visible(job_id, principal)
             return EventStream(job_events(pipeline, job_id, interval), self.end_streams)
 
+        @app.get(
+            "/workers",
+            tags=["workers"],
+            response_model=list[WorkerInfo],
+            name="list_workers",
+            summary="List the live workers",
+            description="Every worker serving the store (in this server or elsewhere), oldest "
+            "first, with the processors it serves and its items in flight. With auth, only a "
+            "principal without an owner (an operator) may list them.",
+            responses=_responses(403, auth=guarded),
+        )
+        async def list_workers(principal: who) -> list[WorkerInfo]:
+            if principal.owner is not None:
+                raise HTTPException(
+                    403, "only an operator (a principal without an owner) may list the workers"
+                )
+            return await pipeline.workers()
+
+    @contextlib.contextmanager
+    def unserved(self) -> Iterator[None]:
+        """With auth, an unknown processor's 400 names only that processor: the processors
+        served are not every caller's business."""
+        try:
+            yield
+        except UnknownProcessor as exc:
+            if not self.guarded or exc.known is None:
+                raise
+            raise UnknownProcessor(exc.name) from None
+
     async def visible(self, job_id: str, principal: Principal) -> Job:
         """The job, if it exists and the principal may see it; else 404 (never 403, so that
         a job id does not reveal that another tenant's job exists)."""
@@ -428,7 +469,7 @@ class _Routes:
             body.options.model_dump(exclude_unset=True) if body.options is not None else None
         )
         try:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), self.unserved():
                 job, created = await self.pipeline.submit_or_find(
                     body.processor,
                     body.items,
@@ -438,6 +479,7 @@ class _Routes:
                     priority=body.priority,
                     owner=owner,
                     idempotency_key=idempotency_key,
+                    allow_unserved=body.allow_unserved,
                 )
         except ValidationError as exc:
             raise RequestValidationError(

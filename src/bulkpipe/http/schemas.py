@@ -61,6 +61,11 @@ class SubmitJob(BaseModel):
         description="The owner or tenant tag of the job. A caller whose principal has an owner "
         "may leave it out (it is set to theirs) or give their own.",
     )
+    allow_unserved: bool = Field(
+        False,
+        description="Create the job although neither the server nor any live worker serves "
+        "the processor (one will start later); without it that is a 400.",
+    )
 
 
 class RetryJob(BaseModel):

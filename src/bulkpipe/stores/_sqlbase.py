@@ -46,6 +46,7 @@ from ._requests import OutcomePageRequest as OutcomePageRequest
 from ._rows import Counts, FailedItem, JobRow, JobState, OutcomeColumns
 from ._sql import check_prefix, load_migrations, load_queries
 from ._submit_sql import abandon_expired, find_idempotent, renew_submit
+from ._workers import SQLWorkerRegistry
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -154,7 +155,7 @@ def next_cursor(last_seq: int | None, more: bool, cursor: int | None) -> int | N
     return last_seq if last_seq is not None else (cursor or 0)
 
 
-class SQLStore(abc.ABC, Generic[C, H]):
+class SQLStore(SQLWorkerRegistry, abc.ABC, Generic[C, H]):
     """The :class:`bulkpipe.store.JobStore` shell of a SQL store (see the module docstring)."""
 
     #: The folder of this dialect's queries and migrations under ``stores/sql``.

@@ -27,6 +27,7 @@ from ..store import (
 )
 from ._finish import check_finish_status, may_finish
 from ._memory_housekeeping import MemoryHousekeeping
+from ._workers import MemoryWorkerRegistry, Registered
 
 _PENDING, _LEASED, _DONE = 0, 1, 2
 
@@ -119,7 +120,7 @@ class _Job:
         )
 
 
-class MemoryStore(MemoryHousekeeping[_Job]):
+class MemoryStore(MemoryHousekeeping[_Job], MemoryWorkerRegistry):
     """Keeps jobs, items and outcomes in this process's memory.
 
     Fast and dependency-free, for tests, notebooks and one-shot runs; everything is lost when
@@ -136,6 +137,7 @@ class MemoryStore(MemoryHousekeeping[_Job]):
         self._seq = itertools.count()
         self._tokens = itertools.count(1)
         self._locks: dict[str, tuple[str, float]] = {}
+        self._workers: dict[str, Registered] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(jobs={len(self._jobs)})"

@@ -1,8 +1,8 @@
 """The example-based store contract: :class:`StoreContract`, joined from one class per area.
 
 Each area is its own module (jobs and submission, claims and leases, outcomes, progress, where
-pages end, housekeeping, submit leases and idempotency keys); a store passes the contract
-when a ``Test*`` subclass of :class:`StoreContract` passes.
+pages end, housekeeping, submit leases and idempotency keys, the worker registry); a store
+passes the contract when a ``Test*`` subclass of :class:`StoreContract` passes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .outcomes import OutcomesContract
 from .pages import PagesContract
 from .progress import ProgressContract
 from .submits import SubmitsContract
+from .workers import WorkersContract
 
 __all__ = ["StoreContract"]
 
@@ -26,6 +27,7 @@ class StoreContract(
     PagesContract,
     HousekeepingContract,
     SubmitsContract,
+    WorkersContract,
 ):
     """Example tests of every :class:`JobStore` semantic; subclass it to test a store.
 

@@ -511,7 +511,7 @@ WHERE i.job = %(job)s
 ORDER BY i.batch_no, i.pos
 LIMIT %(limit)s
 
--- == submit leases and idempotency keys ========================================================
+-- == submit leases and idempotency keys =================================================
 
 -- name: job_by_idempotency_key --
 -- The job of one owner (NULL: no owner) with an idempotency key, if any.
@@ -538,3 +538,35 @@ WHERE j.seq IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING j.id, j.status, j.sealed, j.total, j.succeeded, j.failed, j.open_batches, j.abandoned
+-- == worker registry ==
+-- Workers register themselves (stores/_workers.py); started_at and last_seen are seconds since
+-- the epoch, and a registration is live while expires_at is ahead of the database clock.
+
+-- name: register_worker --
+INSERT INTO {prefix}workers
+    (id, host, pid, processors, started_at, last_seen, expires_at, in_flight)
+VALUES (%(id)s, %(host)s, %(pid)s, %(processors)s::jsonb, %(started_at)s, %(last_seen)s,
+    now() + make_interval(secs => %(ttl)s), %(in_flight)s)
+ON CONFLICT (id) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, processors = excluded.processors,
+    started_at = excluded.started_at, last_seen = excluded.last_seen,
+    expires_at = excluded.expires_at, in_flight = excluded.in_flight
+
+-- name: worker_seen --
+UPDATE {prefix}workers SET last_seen = extract(epoch FROM now()),
+    expires_at = now() + make_interval(secs => %(ttl)s), in_flight = %(in_flight)s
+WHERE id = %(id)s
+RETURNING id
+
+-- name: unregister_worker --
+DELETE FROM {prefix}workers WHERE id = %(id)s
+
+-- name: list_workers --
+SELECT id, host, pid, processors, started_at, last_seen, in_flight,
+    expires_at > now() AS live,
+    expires_at < now() - make_interval(secs => %(forget)s) AS stale
+FROM {prefix}workers
+ORDER BY started_at, id
+
+-- name: forget_workers --
+DELETE FROM {prefix}workers WHERE expires_at < now() - make_interval(secs => %(forget)s)

@@ -369,7 +369,7 @@ WHERE i.job = :job
 ORDER BY i.seq
 LIMIT :limit
 
--- == submit leases and idempotency keys ========================================================
+-- == submit leases and idempotency keys =================================================
 
 -- name: job_by_idempotency_key --
 -- The job of one owner (NULL: no owner) with an idempotency key, if any.
@@ -393,3 +393,33 @@ WHERE seq IN (
     LIMIT :limit
 )
 RETURNING id, status, sealed, total, succeeded, failed, open_batches, abandoned
+-- == worker registry ==
+-- Workers register themselves (stores/_workers.py); times are seconds since the epoch, and a
+-- registration is live while expires_at is ahead of now (the machine's clock: one file is
+-- shared by the processes of one machine only).
+
+-- name: register_worker --
+INSERT INTO {prefix}workers
+    (id, host, pid, processors, started_at, last_seen, expires_at, in_flight)
+VALUES (:id, :host, :pid, :processors, :started_at, :last_seen, :now + :ttl, :in_flight)
+ON CONFLICT (id) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, processors = excluded.processors,
+    started_at = excluded.started_at, last_seen = excluded.last_seen,
+    expires_at = excluded.expires_at, in_flight = excluded.in_flight
+
+-- name: worker_seen --
+UPDATE {prefix}workers SET last_seen = :now, expires_at = :now + :ttl, in_flight = :in_flight
+WHERE id = :id
+RETURNING id
+
+-- name: unregister_worker --
+DELETE FROM {prefix}workers WHERE id = :id
+
+-- name: list_workers --
+SELECT id, host, pid, processors, started_at, last_seen, in_flight,
+    expires_at > :now AS live, expires_at < :now - :forget AS stale
+FROM {prefix}workers
+ORDER BY started_at, id
+
+-- name: forget_workers --
+DELETE FROM {prefix}workers WHERE expires_at < :now - :forget

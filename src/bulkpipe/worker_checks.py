@@ -1,4 +1,4 @@
-"""Checking the timing arguments of a :class:`bulkpipe.Worker`."""
+"""Checking a :class:`bulkpipe.Worker`'s timing arguments (lease, poll, give-up, watchdog)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ MAX_LEASE_TIMEOUT = 86_400.0
 MAX_POLL_INTERVAL = 3_600.0
 
 
-def check_timing(lease_timeout: float, poll_interval: float, give_up_after: float | None) -> None:
-    """:class:`InvalidArgument` unless a worker's timing arguments are in range."""
+def check_timing(
+    *,
+    lease_timeout: float,
+    poll_interval: float,
+    give_up_after: float | None,
+    blocked_loop_threshold: float | None,
+) -> None:
+    """Raise :class:`InvalidArgument` for a timing argument out of its bounds."""
     if give_up_after is not None and not give_up_after > 0:
         raise InvalidArgument(
             f"give_up_after must be a positive number of seconds (or None), not {give_up_after}"
@@ -33,4 +39,9 @@ def check_timing(lease_timeout: float, poll_interval: float, give_up_after: floa
     if not poll_interval <= MAX_POLL_INTERVAL:
         raise InvalidArgument(
             f"poll_interval must be at most {MAX_POLL_INTERVAL:g} s, not {poll_interval}"
+        )
+    if blocked_loop_threshold is not None and not blocked_loop_threshold > 0:
+        raise InvalidArgument(
+            f"blocked_loop_threshold must be positive or None, not {blocked_loop_threshold}; "
+            "pass None to turn the event-loop watchdog off"
         )

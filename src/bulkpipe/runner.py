@@ -31,6 +31,7 @@ from .lifecycle import Lifecycle, failure_ratio_exceeded
 from .outage import StoreOutage, store_failure
 from .processors import Adapted
 from .store import BatchReport, ClaimedBatch, JobSpec, JobStore, Lease, Progress
+from .threads import LaneThread
 
 log = logging.getLogger("bulkpipe.runner")
 
@@ -99,6 +100,9 @@ class JobRunner:
         self._dirty = anyio.Event()
         self._work_scope = anyio.CancelScope()
         self._attempts = Attempts(processor, self.options, random.Random())
+        # A sync processor's threads: as many as lanes (not anyio's default 40), each counted
+        # until it returns, also when its lane stopped waiting for it (threads.py).
+        self._threads = anyio.CapacityLimiter(self.max_lanes) if processor.sync else None
         self._failing: tuple[str, datetime] | None = None  # a failure not yet written
 
     # -- control ----------------------------------------------------------------------------
@@ -283,6 +287,8 @@ class JobRunner:
         gate = self.host.gate
         # A gate place, kept from one segment to the next while more of this job is to start.
         slot = GateSlot(gate, self.spec.priority) if gate is not None else None
+        sync = self.processor.sync
+        thread = None if sync is None or self._threads is None else LaneThread(sync, self._threads)
         try:
             while True:
                 batch = self._pick()
@@ -295,15 +301,17 @@ class JobRunner:
                     await self._idle_wait()
                     continue
                 if self.processor.batched:
-                    await self._run_batch_call(batch)
+                    await self._run_batch_call(batch, thread)
                 else:
-                    await self._run_segment(batch, slot)
+                    await self._run_segment(batch, slot, thread)
                 # Let others run between segments. Not before one: a lane that picked a batch
                 # and then yielded could find it emptied by another and run an empty segment.
                 await anyio.lowlevel.checkpoint()
         finally:
             self.lanes -= 1
-            if slot is not None:
+            if slot is not None and thread is not None and thread.busy:
+                thread.when_returned(slot.release)  # stopped: the place is the thread's now
+            elif slot is not None:
                 slot.release()
 
     def _queue_demand(self, capacity: int) -> None:
@@ -314,8 +322,11 @@ class JobRunner:
         if self._gate_waiting < min(unstarted, capacity):
             self._wake_one()
 
-    async def _run_segment(self, batch: OpenBatch, slot: GateSlot | None) -> None:
-        """Run items of ``batch`` on this lane, holding a place of ``slot``'s gate.
+    async def _run_segment(
+        self, batch: OpenBatch, slot: GateSlot | None, thread: LaneThread | None
+    ) -> None:
+        """Run items of ``batch`` on this lane, holding a place of ``slot``'s gate; a sync
+        call the lane stopped waiting for keeps the lane (and the place) until it returns.
 
         The place is kept after the segment while this job has items to start and no waiter
         of at least its priority is queued: released here, it would go to a lower-priority
@@ -348,11 +359,13 @@ class JobRunner:
                         self._need_more.set()
                     elif not self._waking:
                         self._wake_one()
-                    rows.append(await run_item(batch.ids[current], items[current]))
+                    rows.append(await run_item(batch.ids[current], items[current], thread))
                     current = None
                     batch.left -= 1
                     if not batch.left:
                         self._dirty.set()
+                    if thread is not None and thread.busy:  # recorded; the lane waits
+                        await thread.wait()
                     if gate is not None and gate.contended(priority):
                         assert slot is not None
                         slot.release()
@@ -362,6 +375,8 @@ class JobRunner:
         finally:
             batch.scopes.discard(scope)
             batch.lanes -= 1
+        if thread is not None:
+            await thread.wait()  # the batch's deadline passed (or its lease was lost) meanwhile
         if slot is None or gate is None:
             return
         if not self.exhausted and self._pick() is None and not gate.contended(priority):
@@ -378,7 +393,7 @@ class JobRunner:
         if not batch.left:
             self._dirty.set()
 
-    async def _run_batch_call(self, batch: OpenBatch) -> None:
+    async def _run_batch_call(self, batch: OpenBatch, thread: LaneThread | None) -> None:
         """One ``process_batch`` call per attempt for the batch's items (at most
         ``item_concurrency`` of them, when set, to keep the bound); retry the failed ones."""
         options = self.options
@@ -395,7 +410,7 @@ class JobRunner:
         batch.scopes.add(scope)
         try:
             with scope:
-                await self._attempts.run_batch(batch, call)
+                await self._attempts.run_batch(batch, call, thread)
             if scope.cancelled_caught and not batch.closed:
                 self._time_out(batch, call.pending, call.attempt, call.started)
         finally:
@@ -403,6 +418,8 @@ class JobRunner:
             batch.lanes -= 1
             if not batch.left:
                 self._dirty.set()
+        if thread is not None:
+            await thread.wait()  # a timed-out call keeps the lane until its thread returns
 
     # -- recording --------------------------------------------------------------------------
 

@@ -518,7 +518,7 @@ async def test_a_custom_id_key() -> None:
     async def echo(item: Mapping[str, Any]) -> str:
         return str(item["sku"])
 
-    items = [{"sku": "a"}, {"sku": 2}, {"id": "no sku"}]
+    items = [{"sku": "a"}, {"sku": "2"}, {"id": "no sku"}]
     job, outcomes = await run(echo, items, id_key="sku")
     assert set(outcomes) == {"a", "2"}
     assert job.rejected_items == 1

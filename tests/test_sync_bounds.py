@@ -50,28 +50,28 @@ async def test_sync_calls_abandoned_on_timeout_keep_their_place_in_the_bound(
 
     def outlives_its_timeout(item: Mapping[str, Any]) -> int:
         with live.running():
-            time.sleep(0.06)
+            time.sleep(0.15)
         return 1
 
     # A bound of 2: two lanes of the job, or two places at the worker's gate.
     opts = (
-        quick(item_timeout=0.02, max_retries=1, batch_size=20, item_concurrency=2, concurrency=1)
+        quick(item_timeout=0.02, max_retries=1, batch_size=8, item_concurrency=2, concurrency=1)
         if bound == "job"
-        else quick(item_timeout=0.02, max_retries=1, batch_size=20)
+        else quick(item_timeout=0.02, max_retries=1, batch_size=8)
     )
     in_flight = None if bound == "job" else 2
     processors = {"p": outlives_its_timeout}
     async with Pipeline(
         any_store, processors=processors, default_options=QUICK, max_in_flight=in_flight
     ) as p:
-        job = await p.submit("p", make_items(20), options=opts)
+        job = await p.submit("p", make_items(8), options=opts)
         job = await p.wait(job.id, timeout=PATIENCE)
         outcomes = await outcome_map(p, job.id)
     assert job.status is JobStatus.COMPLETED
     assert {(o.status, o.error_type, o.attempts) for o in outcomes.values()} == {
         (ItemStatus.FAILED, "TimeoutError", 2)
     }
-    assert live.calls == 40
+    assert live.calls == 16
     assert live.peak == 2
 
 
@@ -187,3 +187,35 @@ async def test_a_stopped_lane_gives_its_gate_place_back_only_when_its_thread_ret
         await eventually(lambda: gate.in_use == 0, "the place given back")
         other_done = await p.wait(other.id, timeout=PATIENCE)
     assert other_done.succeeded_items == 1
+
+
+@pytest.mark.parametrize("in_flight", [None, 2])
+async def test_a_job_ends_while_a_timed_out_sync_call_still_runs(in_flight: int | None) -> None:
+    release = threading.Event()
+    live = LiveThreads()
+
+    def first_hangs(item: Mapping[str, Any]) -> int:
+        with live.running():
+            if item["n"] == 0:
+                release.wait(PATIENCE * 3)
+        return 1
+
+    opts = quick(item_timeout=0.05, max_retries=0, batch_size=2, concurrency=2)
+    processors = {"p": first_hangs}
+    async with Pipeline(processors=processors, default_options=QUICK, max_in_flight=in_flight) as p:
+        try:
+            job = await p.submit("p", make_items(4), options=opts)
+            job = await p.wait(job.id, timeout=PATIENCE)
+            assert (job.status, job.failed_items, job.succeeded_items) == (
+                JobStatus.COMPLETED,
+                1,
+                3,
+            )
+            assert live.now == 1  # the hung call still runs
+            gate = p.workers[0].gate
+            assert gate is None or gate.in_use == 1  # and keeps its place at the gate (of 2)
+        finally:
+            release.set()
+        gate = p.workers[0].gate
+        if gate is not None:
+            await eventually(lambda: gate.in_use == 0, "the place given back")

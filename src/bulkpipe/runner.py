@@ -31,7 +31,7 @@ from .lifecycle import Lifecycle, failure_ratio_exceeded
 from .outage import StoreOutage, store_failure
 from .processors import Adapted
 from .store import BatchReport, ClaimedBatch, JobSpec, JobStore, Lease, Progress
-from .threads import LaneThread
+from .threads import LaneThread, Parked, busy
 
 log = logging.getLogger("bulkpipe.runner")
 
@@ -103,6 +103,7 @@ class JobRunner:
         # A sync processor's threads: as many as lanes (not anyio's default 40), each counted
         # until it returns, also when its lane stopped waiting for it (threads.py).
         self._threads = anyio.CapacityLimiter(self.max_lanes) if processor.sync else None
+        self._parked = Parked()  # lanes waiting for such a thread, let go when all is started
         self._failing: tuple[str, datetime] | None = None  # a failure not yet written
 
     # -- control ----------------------------------------------------------------------------
@@ -266,6 +267,7 @@ class JobRunner:
             await self.host.wait_for_work(self._more)
         self.exhausted = True
         self._wake_all()
+        self._let_parked_go()
 
     async def _claim(self) -> ClaimedBatch | None:
         return await self.host.claim(self.spec.id)
@@ -291,11 +293,14 @@ class JobRunner:
         thread = None if sync is None or self._threads is None else LaneThread(sync, self._threads)
         try:
             while True:
+                if busy(thread):
+                    await self._settle(thread)
                 batch = self._pick()
                 if batch is None:
-                    if slot is not None:
+                    if slot is not None and not busy(thread):
                         slot.release()
                     if self.exhausted:
+                        self._let_parked_go()
                         return
                     self._need_more.set()
                     await self._idle_wait()
@@ -309,10 +314,24 @@ class JobRunner:
                 await anyio.lowlevel.checkpoint()
         finally:
             self.lanes -= 1
-            if slot is not None and thread is not None and thread.busy:
-                thread.when_returned(slot.release)  # stopped: the place is the thread's now
+            if slot is not None and busy(thread):
+                thread.when_returned(slot.release)  # ended: the place is the thread's now
             elif slot is not None:
                 slot.release()
+
+    async def _settle(self, thread: LaneThread) -> None:
+        """Wait, keeping the lane (and its gate place), until its abandoned sync call's thread
+        returns; not once every item of the job has started: then the lane ends and its thread
+        keeps the gate place until it returns (see _lane), so that the job can end."""
+        if not self._all_started():
+            await self._parked.wait(thread)
+
+    def _all_started(self) -> bool:
+        return self.exhausted and not any(b.startable for b in self.open)
+
+    def _let_parked_go(self) -> None:
+        if self._all_started():
+            self._parked.let_go()
 
     def _queue_demand(self, capacity: int) -> None:
         """Queue another lane at the full gate while this job has more items to start than
@@ -364,9 +383,9 @@ class JobRunner:
                     batch.left -= 1
                     if not batch.left:
                         self._dirty.set()
-                    if thread is not None and thread.busy:  # recorded; the lane waits
-                        await thread.wait()
-                    if gate is not None and gate.contended(priority):
+                    if busy(thread):  # recorded; the lane waits
+                        await self._settle(thread)
+                    if gate is not None and gate.contended(priority) and not busy(thread):
                         assert slot is not None
                         slot.release()
                         await slot.acquire()
@@ -375,9 +394,7 @@ class JobRunner:
         finally:
             batch.scopes.discard(scope)
             batch.lanes -= 1
-        if thread is not None:
-            await thread.wait()  # the batch's deadline passed (or its lease was lost) meanwhile
-        if slot is None or gate is None:
+        if slot is None or gate is None or busy(thread):  # then _lane waits for the thread
             return
         if not self.exhausted and self._pick() is None and not gate.contended(priority):
             await anyio.lowlevel.checkpoint()  # let _feed claim the job's next batch
@@ -418,8 +435,6 @@ class JobRunner:
             batch.lanes -= 1
             if not batch.left:
                 self._dirty.set()
-        if thread is not None:
-            await thread.wait()  # a timed-out call keeps the lane until its thread returns
 
     # -- recording --------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard
 
 import anyio
 import anyio.to_thread
@@ -149,3 +149,32 @@ class LaneThread:
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             callback()
+
+
+def busy(thread: LaneThread | None) -> TypeGuard[LaneThread]:
+    """Whether ``thread`` is a lane's thread still running a call the lane stopped waiting for."""
+    return thread is not None and thread.busy
+
+
+class Parked:
+    """Lanes waiting for their abandoned threads to return, let go all at once (when the job has
+    nothing left to start, so that it can end while a hung thread runs on)."""
+
+    __slots__ = ("_scopes",)
+
+    def __init__(self) -> None:
+        self._scopes: set[anyio.CancelScope] = set()
+
+    async def wait(self, thread: LaneThread) -> None:
+        """Wait until ``thread`` returned, or until :meth:`let_go`."""
+        with anyio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                await thread.wait()
+            finally:
+                self._scopes.discard(scope)
+
+    def let_go(self) -> None:
+        """Stop every :meth:`wait` now."""
+        for scope in self._scopes:
+            scope.cancel()

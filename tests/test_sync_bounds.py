@@ -71,8 +71,9 @@ async def test_sync_calls_abandoned_on_timeout_keep_their_place_in_the_bound(
     assert {(o.status, o.error_type, o.attempts) for o in outcomes.values()} == {
         (ItemStatus.FAILED, "TimeoutError", 2)
     }
-    assert live.calls == 16
-    assert live.peak == 2
+    # An attempt that timed out before its thread started is not run at all (on a loaded
+    # machine that happens), hence at most 16 calls; never more than 2 at once.
+    assert live.peak <= 2 < live.calls <= 16
 
 
 async def test_a_timed_out_sync_call_is_recorded_at_once_and_its_lane_waits() -> None:
@@ -132,7 +133,7 @@ async def test_a_timed_out_sync_process_batch_keeps_its_lane() -> None:
         job = await p.submit("p", make_items(10), options=opts)
         job = await p.wait(job.id, timeout=PATIENCE)
     assert (job.status, job.failed_items) == (JobStatus.COMPLETED, 10)
-    assert (live.calls, live.peak) == (5, 1)
+    assert live.peak <= 1 <= live.calls <= 5  # one thread at a time (a skipped call: fewer)
 
 
 async def test_cancelling_a_job_with_stuck_sync_calls_ends_it_and_the_pipeline() -> None:

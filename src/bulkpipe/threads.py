@@ -123,9 +123,10 @@ class LaneThread:
                 limiter=self.limiter,
             )
         except BaseException:
-            returned = anyio.Event()
-            if call.abandon(partial(self._thread_returned, returned)):
-                self._returned = returned
+            if call.state != _RETURNED:  # the processor's own exception: nothing to wait for
+                returned = anyio.Event()
+                if call.abandon(partial(self._thread_returned, returned)):
+                    self._returned = returned
             raise
 
     async def wait(self) -> None:

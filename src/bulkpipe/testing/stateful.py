@@ -467,7 +467,9 @@ def store_state_machine(
 
             async def read() -> list[tuple[Job, Progress]]:
                 # One portal call per step: crossing threads costs more than the reads.
-                return [(await store.get_job(j.id), await store.progress(j.id)) for j in self.jobs]
+                return [
+                    (await store.get_job(j.id), await store.progress(j.id)) for j in self.jobs
+                ]
 
             for job, (snap, stored) in zip(self.jobs, self.call(read), strict=True):
                 progress = job.progress()

@@ -463,7 +463,7 @@ async def test_retry_failed_of_a_running_job_raises_job_not_finished() -> None:
 
 
 def bad_and_good_items() -> Iterator[Any]:
-    """Good items (ids 0-3, one an int) mixed with every kind of invalid one."""
+    """Good items (string ids) mixed with every kind of invalid one."""
     yield {"id": "good-0", "n": 0}
     yield 5  # not a mapping
     yield ["id", "x"]  # not a mapping either
@@ -476,7 +476,7 @@ def bad_and_good_items() -> Iterator[Any]:
     yield {"id": "set", "tags": {1, 2}}  # not JSON
     yield {"id": "nan", "v": math.nan}  # not strict JSON
     yield {"id": "inf", "v": math.inf}
-    yield {"id": 7, "n": 7}  # an int id becomes "7"
+    yield {"id": 7, "n": 7}  # an int id in a job of string ids
     yield {"id": "good-1", "n": -1}  # repeated again
     yield {"id": "good-3", "n": 3}
 
@@ -490,11 +490,10 @@ async def test_invalid_items_are_rejected_and_the_rest_completes() -> None:
     assert {i: o.result for i, o in outcomes.items()} == {
         "good-0": 0,
         "good-1": 1,
-        "7": 7,
         "good-3": 3,
     }
-    assert (job.total_items, job.succeeded_items, job.rejected_items) == (4, 4, 11)
-    assert job.error_count == 11
+    assert (job.total_items, job.succeeded_items, job.rejected_items) == (3, 3, 12)
+    assert job.error_count == 12
     assert {e.error_type for e in job.errors} == {"InvalidItem"}
     messages = " | ".join(e.error for e in job.errors)
     for reason in (
@@ -507,18 +506,19 @@ async def test_invalid_items_are_rejected_and_the_rest_completes() -> None:
         "repeated id 'good-0'",
         "repeated id 'good-1'",
         "not JSON-serialisable",
+        "'id' 7 is an integer but this job's ids are strings",
     ):
         assert reason in messages
     assert {e.item_id for e in job.errors if e.item_id} >= {"set", "nan", "inf", "good-0"}
     assert job.result is not None
-    assert job.result.rejected == 11
+    assert job.result.rejected == 12
 
 
 async def test_a_custom_id_key() -> None:
     async def echo(item: Mapping[str, Any]) -> str:
         return str(item["sku"])
 
-    items = [{"sku": "a"}, {"sku": 2}, {"id": "no sku"}]
+    items = [{"sku": "a"}, {"sku": "2"}, {"id": "no sku"}]
     job, outcomes = await run(echo, items, id_key="sku")
     assert set(outcomes) == {"a", "2"}
     assert job.rejected_items == 1

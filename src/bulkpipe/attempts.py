@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -24,6 +24,10 @@ from .processors import Adapted, ThreadAborted
 from .results import describe, encode_result, storable_text, type_name
 from .retry import backoff_delay
 from .store import OutcomeRow
+from .threads import LaneThread
+
+#: How a processor is called: ``(item)`` or ``(items)``, with ``attempt=`` if it takes one.
+Call = Callable[..., Awaitable[Any]]
 
 
 def _own_error(exc: BaseException) -> bool:
@@ -140,16 +144,22 @@ class Attempts:
         self.options = options
         self.rng = rng
 
-    async def run_item(self, item_id: str, item: Any) -> OutcomeRow:
-        """Attempt one item until it succeeds or fails for good; its outcome row."""
+    async def run_item(
+        self, item_id: str, item: Any, thread: LaneThread | None = None
+    ) -> OutcomeRow:
+        """Attempt one item until it succeeds or fails for good; its outcome row. A sync
+        processor is called on the lane's ``thread``; an attempt's ``item_timeout`` starts once
+        the thread of the one before (timed out) has returned."""
         options = self.options
-        call = self.processor.call
+        call = self.processor.call if thread is None else thread.call
         wants_attempt = self.processor.wants_attempt
         item_timeout = options.item_timeout
         started = time.time()
         attempt = 0
         while True:
             attempt += 1
+            if thread is not None and thread.busy:
+                await thread.wait()
             try:
                 if item_timeout is not None:
                     with anyio.fail_after(item_timeout):
@@ -171,10 +181,14 @@ class Attempts:
                 continue
             return _encode_result(item_id, result, attempt, started)
 
-    async def run_batch(self, batch: OpenBatch, call: BatchCall) -> None:
+    async def run_batch(
+        self, batch: OpenBatch, call: BatchCall, thread: LaneThread | None = None
+    ) -> None:
         """One ``process_batch`` call per attempt over ``call.pending``; retry the items that
-        failed and may be retried. Final rows go to ``batch.rows`` as each attempt ends."""
+        failed and may be retried. Final rows go to ``batch.rows`` as each attempt ends. A
+        sync processor is called on ``thread``, as for :meth:`run_item`."""
         options = self.options
+        fn = self.processor.call if thread is None else thread.call
         started = call.started
         while call.pending:
             call.attempt = attempt = call.attempt + 1
@@ -183,13 +197,15 @@ class Attempts:
             final: list[OutcomeRow] = []
             error: BaseException | None = None
             results: Any = None
+            if thread is not None and thread.busy:
+                await thread.wait()
             try:
                 args = [batch.items[i] for i in pending]
                 if options.item_timeout is not None:
                     with anyio.fail_after(options.item_timeout):
-                        results = await self._call_batch(args, attempt)
+                        results = await self._call_batch(fn, args, attempt)
                 else:
-                    results = await self._call_batch(args, attempt)
+                    results = await self._call_batch(fn, args, attempt)
             except BaseException as exc:
                 if not _own_error(exc):
                     raise
@@ -226,8 +242,8 @@ class Attempts:
                     backoff_delay(attempt, options.retry_delay, options.retry_delay_max, self.rng)
                 )
 
-    async def _call_batch(self, items: list[Any], attempt: int) -> Any:
+    async def _call_batch(self, fn: Call, items: list[Any], attempt: int) -> Any:
         """One process_batch call."""
         if self.processor.wants_attempt:
-            return await self.processor.call(items, attempt=attempt)
-        return await self.processor.call(items)
+            return await fn(items, attempt=attempt)
+        return await fn(items)

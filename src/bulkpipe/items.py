@@ -41,19 +41,37 @@ def _reject(position: int, item_id: str | None, reason: str) -> ProcessingError:
     )
 
 
+class IdType:
+    """The type of one job's ids, string or integer, fixed by its first accepted item and
+    kept by the submitter across chunks (and calls), so that ``1`` and ``"1"`` (stored alike,
+    as the text ``1``) never both name items of the job."""
+
+    __slots__ = ("first", "integer")
+
+    def __init__(self) -> None:
+        #: Whether the job's ids are integers (None until the first item is accepted).
+        self.integer: bool | None = None
+        #: The first accepted id, as stored (for messages).
+        self.first = ""
+
+
 def encode_items(
-    raw: Sequence[Any], id_key: str, first_position: int
+    raw: Sequence[Any], id_key: str, first_position: int, ids: IdType | None = None
 ) -> tuple[list[EncodedItem], list[ProcessingError]]:
     """Encode one chunk of submitted items; refuse (with a reason) the ones that are not valid.
 
-    An item must be a mapping with a non-empty string or integer under ``id_key`` and must
-    encode as strict JSON that is valid UTF-8 text (no lone surrogate). The id must hold no
-    NUL and be at most :data:`MAX_ID_BYTES` bytes of UTF-8. Repeated ids are refused by the
-    store, which knows every id.
+    An item must be a mapping with a non-empty string or integer (not a bool) under
+    ``id_key`` and must encode as strict JSON that is valid UTF-8 text (no lone surrogate).
+    The id must hold no NUL and be at most :data:`MAX_ID_BYTES` bytes of UTF-8, and be of the
+    type of the job's other ids (``ids``: fixed by the first item accepted; a fresh one when
+    None). An integer id is stored as its decimal text. Repeated ids are refused by the store,
+    which knows every id.
     """
     encoded: list[EncodedItem] = []
     rejected: list[ProcessingError] = []
     position = first_position
+    ids = ids or IdType()
+    integer = ids.integer
     for item in raw:
         position += 1
         if not isinstance(item, Mapping):
@@ -62,6 +80,7 @@ def encode_items(
             )
             continue
         item_id = item.get(id_key)
+        is_int = False
         if isinstance(item_id, str):
             # The common id (short ASCII text) is settled by the first three cheap tests.
             if not (item_id.isascii() and 0 < len(item_id) <= MAX_ID_BYTES) or "\0" in item_id:
@@ -79,6 +98,7 @@ def encode_items(
                 reason = f"its {id_key!r} is an integer of more than {MAX_ID_BYTES} digits"
                 rejected.append(_reject(position, None, reason))
                 continue
+            is_int = True
         else:
             reason = (
                 f"it has no {id_key!r} key"
@@ -86,6 +106,9 @@ def encode_items(
                 else f"its {id_key!r} must be a string or an integer, not {type(item_id).__name__}"
             )
             rejected.append(_reject(position, None, reason))
+            continue
+        if is_int is not integer and integer is not None:
+            rejected.append(_reject(position, None, _mixed(id_key, item_id, is_int, ids)))
             continue
         try:
             payload = _encode(item)
@@ -103,7 +126,23 @@ def encode_items(
                 rejected.append(_reject(position, item_id, reason))
                 continue
         encoded.append((item_id, payload))
+        if integer is None:  # the first item accepted fixes the type of the job's ids
+            integer = ids.integer = is_int
+            ids.first = item_id
     return encoded, rejected
+
+
+def _mixed(id_key: str, item_id: str, is_int: bool, ids: IdType) -> str:
+    """Why an id of the other type than the job's is refused (the words follow "item #n")."""
+    if is_int:
+        return (
+            f"its {id_key!r} {item_id} is an integer but this job's ids are strings (the "
+            f"first: {_shown(ids.first)}); give every item an id of the same type"
+        )
+    return (
+        f"its {id_key!r} {_shown(item_id)} is a string but this job's ids are integers (the "
+        f"first: {ids.first}); give every item an id of the same type"
+    )
 
 
 def _id_problem(item_id: str) -> str | None:
@@ -135,13 +174,17 @@ def _shown(item_id: str) -> str:
     return repr(item_id) if len(item_id) <= 60 else f"{item_id[:40]!r}... ({len(item_id)} chars)"
 
 
-def duplicate_errors(ids: Sequence[str], id_key: str) -> list[ProcessingError]:
-    """Errors for items refused because the job already had their id."""
+def duplicate_errors(
+    ids: Sequence[str], id_key: str, *, integer: bool = False
+) -> list[ProcessingError]:
+    """Errors for items refused because the job already had their id (``integer``: the job's
+    ids are integers, shown as such)."""
     now = datetime.now(UTC)
     return [
         ProcessingError(
             item_id=item_id,
-            error=f"item rejected: repeated {id_key} {item_id!r}; the first item with it is kept",
+            error=f"item rejected: repeated {id_key} {item_id if integer else repr(item_id)}; "
+            "the first item with it is kept",
             error_type=ErrorType.INVALID_ITEM,
             timestamp=now,
         )

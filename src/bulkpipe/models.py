@@ -39,7 +39,8 @@ class ItemStatus(StrEnum):
 class ProcessingError(BaseModel):
     """One error of a job: an item that failed for good, a rejected item, or a job-level error.
 
-    ``item_id`` is ``None`` for job-level errors (for example, the item source raised).
+    ``item_id`` is ``None`` for job-level errors (for example, the item source raised), else
+    the item's id as text (an integer id as its decimal digits, ``7`` as ``"7"``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -101,7 +102,11 @@ class Job(BaseModel):
 
 
 class ItemOutcome(BaseModel):
-    """The final outcome of one item, read back with ``Pipeline.outcomes()``."""
+    """The final outcome of one item, read back with ``Pipeline.outcomes()``.
+
+    ``item_id`` is always a string: the item's id, an integer id as its decimal digits (``7``
+    as ``"7"``; a job's ids are all strings or all integers, so this names one item).
+    """
 
     model_config = ConfigDict(frozen=True)
 

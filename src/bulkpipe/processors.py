@@ -54,6 +54,9 @@ class Adapted:
     call: Callable[..., Awaitable[Any]]  # (item) or (items) -> result(s)
     batched: bool
     wants_attempt: bool
+    #: The sync function itself (None for an async one): the runner calls it in threads of its
+    #: own (:mod:`bulkpipe.threads`), so that abandoned calls keep counting against the bound.
+    sync: Callable[..., Any] | None = None
 
 
 def _accepts_attempt(fn: Callable[..., Any]) -> bool:
@@ -88,6 +91,7 @@ def adapt(name: str, processor: object) -> Adapted:
             call=batch_fn if _is_async(batch_fn) else _threaded(batch_fn),
             batched=True,
             wants_attempt=_accepts_attempt(batch_fn),
+            sync=None if _is_async(batch_fn) else batch_fn,
         )
     fn = getattr(processor, "process", None)
     if not callable(fn):
@@ -104,6 +108,7 @@ def adapt(name: str, processor: object) -> Adapted:
         call=fn if _is_async(fn) else _threaded(fn),
         batched=False,
         wants_attempt=_accepts_attempt(fn),
+        sync=None if _is_async(fn) else fn,
     )
 
 
@@ -152,7 +157,9 @@ def _guarded(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
 
 
 def _threaded(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """Run a sync processor in anyio's worker threads (bounded by its default limiter)."""
+    """Run a sync processor in anyio's worker threads (bounded by its default limiter). The
+    runner does not use this: its lanes call :attr:`Adapted.sync` through
+    :class:`bulkpipe.threads.LaneThread`, which bounds threads by the job's bound."""
 
     async def call(*args: Any, **kwargs: Any) -> Any:
         # Abandoned on cancel: a hung call cannot hold up cancel() or a timeout (the thread

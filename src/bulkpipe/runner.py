@@ -32,6 +32,7 @@ from .lifecycle import Lifecycle, failure_ratio_exceeded
 from .outage import StoreOutage, store_failure
 from .processors import Adapted
 from .store import BatchReport, ClaimedBatch, JobSpec, JobStore, Lease, Progress
+from .threads import LaneThread, Parked, busy
 
 log = logging.getLogger("bulkpipe.runner")
 
@@ -100,6 +101,10 @@ class JobRunner:
         self._dirty = anyio.Event()
         self._work_scope = anyio.CancelScope()
         self._attempts = Attempts(processor, self.options, random.Random())
+        # A sync processor's threads: as many as lanes (not anyio's default 40), each counted
+        # until it returns, also when its lane stopped waiting for it (threads.py).
+        self._threads = anyio.CapacityLimiter(self.max_lanes) if processor.sync else None
+        self._parked = Parked()  # lanes waiting for such a thread, let go when all is started
         self._failing: tuple[str, datetime] | None = None  # a failure not yet written
 
     # -- control ----------------------------------------------------------------------------
@@ -263,6 +268,7 @@ class JobRunner:
             await self.host.wait_for_work(self._more)
         self.exhausted = True
         self._wake_all()
+        self._let_parked_go()
 
     async def _claim(self) -> ClaimedBatch | None:
         return await self.host.claim(self.spec.id)
@@ -284,28 +290,49 @@ class JobRunner:
         gate = self.host.gate
         # A gate place, kept from one segment to the next while more of this job is to start.
         slot = GateSlot(gate, self.spec.priority) if gate is not None else None
+        sync = self.processor.sync
+        thread = None if sync is None or self._threads is None else LaneThread(sync, self._threads)
         try:
             while True:
+                if busy(thread):
+                    await self._settle(thread)
                 batch = self._pick()
                 if batch is None:
-                    if slot is not None:
+                    if slot is not None and not busy(thread):
                         slot.release()
                     if self.exhausted:
+                        self._let_parked_go()
                         return
                     self._need_more.set()
                     await self._idle_wait()
                     continue
                 if self.processor.batched:
-                    await self._run_batch_call(batch)
+                    await self._run_batch_call(batch, thread)
                 else:
-                    await self._run_segment(batch, slot)
+                    await self._run_segment(batch, slot, thread)
                 # Let others run between segments. Not before one: a lane that picked a batch
                 # and then yielded could find it emptied by another and run an empty segment.
                 await anyio.lowlevel.checkpoint()
         finally:
             self.lanes -= 1
-            if slot is not None:
+            if slot is not None and busy(thread):
+                thread.when_returned(slot.release)  # ended: the place is the thread's now
+            elif slot is not None:
                 slot.release()
+
+    async def _settle(self, thread: LaneThread) -> None:
+        """Wait, keeping the lane (and its gate place), until its abandoned sync call's thread
+        returns; not once every item of the job has started: then the lane ends and its thread
+        keeps the gate place until it returns (see _lane), so that the job can end."""
+        if not self._all_started():
+            await self._parked.wait(thread)
+
+    def _all_started(self) -> bool:
+        return self.exhausted and not any(b.startable for b in self.open)
+
+    def _let_parked_go(self) -> None:
+        if self._all_started():
+            self._parked.let_go()
 
     def _queue_demand(self, capacity: int) -> None:
         """Queue another lane at the full gate while this job has more items to start than
@@ -315,8 +342,11 @@ class JobRunner:
         if self._gate_waiting < min(unstarted, capacity):
             self._wake_one()
 
-    async def _run_segment(self, batch: OpenBatch, slot: GateSlot | None) -> None:
-        """Run items of ``batch`` on this lane, holding a place of ``slot``'s gate.
+    async def _run_segment(
+        self, batch: OpenBatch, slot: GateSlot | None, thread: LaneThread | None
+    ) -> None:
+        """Run items of ``batch`` on this lane, holding a place of ``slot``'s gate; a sync
+        call the lane stopped waiting for keeps the lane (and the place) until it returns.
 
         The place is kept after the segment while this job has items to start and no waiter
         of at least its priority is queued: released here, it would go to a lower-priority
@@ -349,12 +379,14 @@ class JobRunner:
                         self._need_more.set()
                     elif not self._waking:
                         self._wake_one()
-                    rows.append(await run_item(batch.ids[current], items[current]))
+                    rows.append(await run_item(batch.ids[current], items[current], thread))
                     current = None
                     batch.left -= 1
                     if not batch.left:
                         self._dirty.set()
-                    if gate is not None and gate.contended(priority):
+                    if busy(thread):  # recorded; the lane waits
+                        await self._settle(thread)
+                    if gate is not None and gate.contended(priority) and not busy(thread):
                         assert slot is not None
                         slot.release()
                         await slot.acquire()
@@ -363,7 +395,7 @@ class JobRunner:
         finally:
             batch.scopes.discard(scope)
             batch.lanes -= 1
-        if slot is None or gate is None:
+        if slot is None or gate is None or busy(thread):  # then _lane waits for the thread
             return
         if not self.exhausted and self._pick() is None and not gate.contended(priority):
             await anyio.lowlevel.checkpoint()  # let _feed claim the job's next batch
@@ -379,7 +411,7 @@ class JobRunner:
         if not batch.left:
             self._dirty.set()
 
-    async def _run_batch_call(self, batch: OpenBatch) -> None:
+    async def _run_batch_call(self, batch: OpenBatch, thread: LaneThread | None) -> None:
         """One ``process_batch`` call per attempt for the batch's items (at most
         ``item_concurrency`` of them, when set, to keep the bound); retry the failed ones."""
         options = self.options
@@ -396,7 +428,7 @@ class JobRunner:
         batch.scopes.add(scope)
         try:
             with scope:
-                await self._attempts.run_batch(batch, call)
+                await self._attempts.run_batch(batch, call, thread)
             if scope.cancelled_caught and not batch.closed:
                 self._time_out(batch, call.pending, call.attempt, call.started)
         finally:

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 
-from .items import chunked, duplicate_errors, encode_items
+from .items import IdType, chunked, duplicate_errors, encode_items
 from .models import ProcessingError
 from .options import JobOptions
 from .store import EncodedItem, JobStore
@@ -25,7 +25,7 @@ Encoded = tuple[list[EncodedItem], list[ProcessingError]]
 class ItemWriter:
     """Stores the items of one job being submitted; ``on_added(job_id)`` is called after each
     store call that added batches (the pipeline wakes its workers). ``position`` counts the
-    items read so far."""
+    items read so far; ``ids`` is the type of the job's ids, fixed by the first item accepted."""
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class ItemWriter:
         self.options = options
         self.on_added = on_added
         self.position = 0
+        self.ids = IdType()
 
     async def write(self, stream: Iterable[Any] | AsyncIterable[Any]) -> None:
         """Read every item of ``stream`` and store it; raise what the stream or the store
@@ -82,7 +83,7 @@ class ItemWriter:
             try:
                 with send:
                     async for chunk in chunked(stream, options.batch_size):
-                        batch = encode_items(chunk, options.id_key, self.position)
+                        batch = encode_items(chunk, options.id_key, self.position, self.ids)
                         first = self.position == 0
                         self.position += len(chunk)
                         if first:  # stored at once, so that the job starts at once
@@ -106,7 +107,9 @@ class ItemWriter:
         if encoded:
             duplicates = await self.store.add_batches(self.job_id, encoded)
             if duplicates:
-                rejected += duplicate_errors(duplicates, self.options.id_key)
+                rejected += duplicate_errors(
+                    duplicates, self.options.id_key, integer=self.ids.integer is True
+                )
             self.on_added(self.job_id)
         if rejected:
             await self.store.add_errors(self.job_id, rejected, len(rejected))

@@ -48,7 +48,7 @@ class SubmitJob(BaseModel):
     items: list[dict[str, Any]] | None = Field(
         None,
         description="The items, each an object with a unique id (under `options.id_key`, "
-        "default `id`). Give either `items` or `source`.",
+        "default `id`; all strings or all integers). Give either `items` or `source`.",
     )
     source: Name | None = Field(None, description="A registered item source, instead of items.")
     params: dict[str, Any] | None = Field(None, description="Parameters for the source.")

@@ -166,3 +166,24 @@ def test_max_memory_re_executes_a_leaking_worker(
     assert sorted(results, key=int) == [str(i) for i in range(n)]
     boots = {r["boot"] for r in results.values() if isinstance(r, dict)}
     assert len(boots) >= 3  # the items ran in three or more incarnations of the process
+
+
+def test_a_stop_signal_sent_while_a_worker_starts_stops_it_gracefully(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    # As when a worker re-executes itself (--max-memory) and is sent SIGTERM before the new
+    # program handles signals: the signal is blocked across exec, pending, and must stop the
+    # new worker gracefully once it handles signals, not kill it nor be lost.
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    argv = [str(BULKPIPE), "worker", "--store", url, "--poll-interval", "0.1"]
+    code = (
+        "import os, signal, sys\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        f"os.execv({str(BULKPIPE)!r}, {argv!r})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=plugin_env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SIGTERM received; stopping gracefully" in done.stderr

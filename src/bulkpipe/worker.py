@@ -32,6 +32,9 @@ from .worker_checks import check_timing
 
 log = logging.getLogger("bulkpipe.worker")
 
+#: The signals that stop a worker that handles signals: the first gracefully, a second at once.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
 T = TypeVar("T")
 
 
@@ -183,7 +186,11 @@ class Worker:
     async def _watch_signals(
         self, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            # Blocked by a worker that re-executed itself (bulkpipe worker --max-memory):
+            # handled now, so a signal that came meanwhile is delivered here.
+            if hasattr(signal, "pthread_sigmask"):  # not on Windows
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             task_status.started()
             async for signum in signals:
                 if self._stopping:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from datetime import timedelta
 
@@ -12,7 +13,7 @@ import click
 
 from ..housekeeping import run_retention
 from ..processors import ProcessorRegistry
-from ..worker import Worker
+from ..worker import STOP_SIGNALS, Worker
 from .errors import redact
 from .housekeeping import DURATION
 from .params import POSITIVE, store_option, store_url
@@ -176,6 +177,10 @@ def worker(
             )
             sys.stdout.flush()
             sys.stderr.flush()
+            # A stop signal that arrives while the new program starts must not kill it before
+            # it can stop gracefully: the mask survives exec, and the new worker unblocks the
+            # signals once it handles them (a pending one is delivered then).
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             os.execv(sys.executable, sys.orig_argv)
         click.echo(f"bulkpipe worker {served.worker_id}: {flag} reached; serving afresh", err=True)
     click.echo(f"bulkpipe worker {served.worker_id}: stopped", err=True)

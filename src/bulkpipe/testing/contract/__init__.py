@@ -8,6 +8,7 @@ passes.
 from __future__ import annotations
 
 from .claims import ClaimsContract
+from .closed import ClosedJobsContract
 from .jobs import JobsContract
 from .outcomes import OutcomesContract
 from .pages import PagesContract
@@ -17,7 +18,12 @@ __all__ = ["StoreContract"]
 
 
 class StoreContract(
-    JobsContract, ClaimsContract, OutcomesContract, ProgressContract, PagesContract
+    JobsContract,
+    ClaimsContract,
+    OutcomesContract,
+    ProgressContract,
+    PagesContract,
+    ClosedJobsContract,
 ):
     """Example tests of every :class:`JobStore` semantic; subclass it to test a store.
 

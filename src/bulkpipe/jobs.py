@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from ._snapshot import OPTIONS_UNREADABLE
+from .error_types import ErrorType
 from .models import Job, JobStatus
 from .options import JobOptions
 
@@ -45,4 +47,14 @@ def new_job(
         source=source,
         params=dict(params) if params is not None else None,
         created_at=created_at or datetime.now(UTC),
+    )
+
+
+def options_unreadable(job: Job) -> bool:
+    """True if the job's stored options could not be read (its snapshot has default ones)."""
+    return any(
+        e.item_id is None
+        and e.error_type == ErrorType.UNREADABLE_JOB
+        and e.error.startswith(OPTIONS_UNREADABLE)
+        for e in job.errors
     )

@@ -73,7 +73,12 @@ class Job(BaseModel):
     id: str
     type: str = Field(description="The processor name.")
     status: JobStatus
-    progress: float = Field(ge=0, le=100, description="Percent of items with a final outcome.")
+    progress: float = Field(
+        ge=0,
+        le=100,
+        description="Percent of items with a final outcome (while not `sealed`: of the items "
+        "stored so far).",
+    )
     total_items: int = Field(description="Items accepted so far; final once `sealed`.")
     processed_items: int
     succeeded_items: int
@@ -90,7 +95,11 @@ class Job(BaseModel):
     owner: str | None = Field(default=None, description="An owner or tenant tag set at submit.")
     source: str | None = None
     params: dict[str, Any] | None = None
-    sealed: bool = Field(default=False, description="True once every item has been submitted.")
+    sealed: bool = Field(
+        default=False,
+        description="True once every item has been submitted; False while the job is still "
+        "being submitted (it may already run).",
+    )
     created_at: datetime
     started_at: datetime | None = None
     updated_at: datetime | None = None

@@ -75,7 +75,16 @@ class JobOptions(BaseModel):
         default=None,
         gt=0,
         le=1,
-        description="Fail the job once this share of its items has failed.",
+        description="Fail the job once this share of its items has failed: failed items "
+        "over the items stored so far, judged once failure_ratio_min_outcomes items have an "
+        "outcome, or once a sealed job has all its outcomes.",
+    )
+    failure_ratio_min_outcomes: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000_000,
+        description="Outcomes a job needs before max_failure_ratio is judged (unless every "
+        "item of the sealed job has one), so that an early failure cannot end a large job.",
     )
     max_claims: int = Field(
         default=5,
@@ -107,3 +116,10 @@ class JobOptions(BaseModel):
     def items_in_flight(self) -> int:
         """The most items of one job that one worker runs at once."""
         return self.concurrency * (self.item_concurrency or self.batch_size)
+
+
+def revalidated(options: JobOptions) -> JobOptions:
+    """``options`` validated again: ``model_copy(update=...)`` and ``model_construct`` skip
+    validation, and a value that is not finite would be stored as JSON ``null``, which no
+    worker can read back."""
+    return JobOptions.model_validate(options.model_dump())

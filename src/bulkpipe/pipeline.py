@@ -16,7 +16,6 @@ import anyio
 from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
-from ._snapshot import OPTIONS_UNREADABLE
 from .error_types import ErrorType
 from .errors import (
     InvalidArgument,
@@ -27,19 +26,20 @@ from .errors import (
     NothingToRetry,
     PipelineClosed,
     UnknownProcessor,
-    UnknownSource,
     WaitTimeout,
 )
 from .gate import PriorityGate
 from .jobs import new_job
+from .jobs import options_unreadable as _unreadable
 from .lifecycle import JobEvents, Lifecycle
 from .models import ItemOutcome, ItemStatus, Job, JobStatus
 from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
+from .options import revalidated as _validated
 from .outage import FIRST_DELAY, MAX_DELAY
 from .processors import ProcessorRegistry
 from .retry import backoff_delay
 from .store import JobStore, Page
-from .submission import ADD_ITEMS, Encoded, ItemWriter
+from .submission import ADD_ITEMS, Encoded, ItemWriter, item_stream
 from .worker import Worker
 
 log = logging.getLogger("bulkpipe.pipeline")
@@ -220,13 +220,17 @@ class Pipeline:
         options: JobOptions | Mapping[str, Any] | None = None,
         priority: int = 0,
         owner: str | None = None,
+        on_created: Callable[[Job], object] | None = None,
     ) -> Job:
         """Create a job over ``items`` (or a registered ``source`` called with ``params``).
 
-        Items are streamed into the store a batch at a time and may start running before the
-        last one is read. Items that are not valid (not a mapping, no id, a repeated id, not
-        JSON) are refused and listed in the job's errors; the rest runs. Returns the job as
-        stored once every item is in.
+        The job exists (``on_created(job)`` is called) before any item is read. Items are
+        streamed into the store a batch at a time (a sync iterable is read in a thread) and
+        may start running before the last one is read. Items that are not valid (not a
+        mapping, no id, a repeated id, not JSON) are refused and listed in the job's errors;
+        the rest runs. Returns the job as stored once every item is in, or as soon as the job
+        ended while being submitted (cancelled, or failed by ``max_failure_ratio``): reading
+        then stops within a batch and the source is closed.
         """
         self._running()
         opts = self._options(options)
@@ -239,25 +243,13 @@ class Pipeline:
             raise InvalidArgument("pass either items or source=..., not both and not neither")
         if params is not None and source is None:
             raise InvalidArgument("params are for a source; pass source=... with them")
-        stream: Iterable[Any] | AsyncIterable[Any]
-        if source is not None:
-            factory = self._sources.get(source)
-            if factory is None:
-                raise UnknownSource(source, sorted(self._sources))
-            stream = factory(dict(params or {}))
-        else:
-            assert items is not None
-            if isinstance(items, (str, bytes, Mapping)) or not isinstance(
-                items, (Iterable, AsyncIterable)
-            ):
-                raise InvalidArgument(
-                    f"items must be an iterable of mappings, not {type(items).__name__}"
-                )
-            stream = items
+        stream = item_stream(items, source, params, self._sources)
         if owner is not None and not isinstance(owner, str):
             raise InvalidArgument(f"owner must be a string, not {type(owner).__name__}")
         job = self._new_job(processor, opts, priority, source=source, params=params, owner=owner)
         await self.store.create_job(job)
+        if on_created is not None:
+            on_created(job)
         await self._fill(job.id, stream, opts)
         return await self.store.get_job(job.id)
 
@@ -284,6 +276,9 @@ class Pipeline:
         self, job_id: str, stream: Iterable[Any] | AsyncIterable[Any], options: JobOptions
     ) -> None:
         writer = ItemWriter(self.store, job_id, options, on_added=self._wake_workers)
+        unsubscribe = self.events.subscribe(
+            lambda ended, _: writer.stop() if ended == job_id else None
+        )
         try:
             await writer.write(stream)
         except Exception as exc:
@@ -304,7 +299,10 @@ class Pipeline:
                     ErrorType.SUBMIT_CANCELLED,
                 )
             raise
-        await self._seal(job_id)
+        finally:
+            unsubscribe()
+        if not writer.stopped:  # else the job has ended
+            await self._seal(job_id)
 
     def _wake_workers(self, job_id: str) -> None:
         for worker in self.workers:
@@ -509,23 +507,6 @@ class Pipeline:
             cursor = page.cursor
         await self._seal(retry.id)
         return await self.store.get_job(retry.id)
-
-
-def _validated(options: JobOptions) -> JobOptions:
-    """``options`` validated again: ``model_copy(update=...)`` and ``model_construct`` skip
-    validation, and a value that is not finite would be stored as JSON ``null``, which no
-    worker can read back."""
-    return JobOptions.model_validate(options.model_dump())
-
-
-def _unreadable(job: Job) -> bool:
-    """True if the job's stored options could not be read (its snapshot has default ones)."""
-    return any(
-        e.item_id is None
-        and e.error_type == ErrorType.UNREADABLE_JOB
-        and e.error.startswith(OPTIONS_UNREADABLE)
-        for e in job.errors
-    )
 
 
 class _Started:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import pytest
 
 from ...errors import JobClosed
@@ -43,14 +45,15 @@ class ClosedJobsContract(ContractBase):
     ) -> None:
         job = await add_job(store, encoded(2), seal=seal)
         before, _ = await store.finish_job(job.id, status)
-        for add in (
-            lambda: store.add_batch(job.id, encoded(3, 2)),
-            lambda: store.add_batches(job.id, [encoded(3, 2), encoded(2, 5)]),
-            lambda: store.add_batches(job.id, [encoded(1)]),  # a repeat only
-            lambda: store.add_batches(job.id, []),
-        ):
+        adds: list[Awaitable[object]] = [
+            store.add_batch(job.id, encoded(3, 2)),
+            store.add_batches(job.id, [encoded(3, 2), encoded(2, 5)]),
+            store.add_batches(job.id, [encoded(1)]),  # a repeat only
+            store.add_batches(job.id, []),
+        ]
+        for add in adds:
             with pytest.raises(JobClosed) as caught:
-                await add()
+                await add
             assert (caught.value.job_id, caught.value.status) == (job.id, status.value)
             assert not caught.value.sealed
             assert f"already {status.value}" in str(caught.value)

@@ -23,6 +23,7 @@ from bulkpipe.stores import MemoryStore
 from bulkpipe.testing.helpers import add_job, claim, encoded, ok_row, report
 
 from .helpers import PATIENCE, eventually, quick
+from .test_http_api import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -380,3 +381,12 @@ async def test_a_small_sealed_job_over_the_ratio_fails() -> None:
         done = await p.wait(job.id, timeout=PATIENCE)
     assert done.status is JobStatus.FAILED
     assert done.errors[-1].error_type == ErrorType.FAILURE_RATIO_EXCEEDED
+
+
+async def test_http_shows_a_job_being_submitted(any_store: JobStore) -> None:
+    async with serving(Pipeline(any_store, workers=0)) as (client, pipeline):
+        job = await add_job(pipeline.store, encoded(3))
+        body = (await client.get(f"/jobs/{job.id}")).json()
+        assert (body["sealed"], body["total_items"], body["progress"]) == (False, 3, 0.0)
+        await pipeline.store.seal_job(job.id)
+        assert (await client.get(f"/jobs/{job.id}")).json()["sealed"] is True

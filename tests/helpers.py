@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +14,9 @@ from bulkpipe import ItemOutcome, JobOptions, Pipeline
 
 #: Options that keep tests quick: no backoff pause, frequent progress writes.
 QUICK = JobOptions(retry_delay=0.0, retry_delay_max=0.0, progress_interval=0.05)
+
+#: The line ``bulkpipe submit`` prints on stderr as soon as its job exists.
+CREATED = re.compile(r"job [0-9a-f]{32} created")
 
 #: Upper bound on any one wait in a test; generous, since the test machines are noisy.
 PATIENCE = 10.0

@@ -24,6 +24,8 @@ from bulkpipe.demo import generate_nodes
 from bulkpipe.options import JobOptions
 from bulkpipe.stores import open_store
 
+from .helpers import CREATED
+
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"
 COMMANDS = {
     "cancel",
@@ -69,7 +71,7 @@ def ok(*args: str, input: str | None = None) -> Result:
 def assert_one_error_line(result: Result, *fragments: str) -> str:
     """The command exited 2 with exactly one ``bulkpipe: error:`` line on stderr."""
     assert result.exit_code == 2, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if not CREATED.fullmatch(line)]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("bulkpipe: error: ")
     for fragment in fragments:
@@ -162,7 +164,7 @@ def test_submit_wait_json_reports_the_final_job(nodes: Path) -> None:
     assert job.status is JobStatus.COMPLETED
     assert (job.total_items, job.succeeded_items) == (120, 120)
     assert (job.options.batch_size, job.priority, job.owner) == (7, 3, "team-a")
-    assert result.stderr == ""
+    assert result.stderr == f"job {job.id} created\n"
 
 
 def test_submit_from_stdin_and_csv(tmp_path: Path) -> None:

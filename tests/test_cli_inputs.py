@@ -22,6 +22,7 @@ from bulkpipe.cli import cli
 from bulkpipe.cli.errors import InputError
 from bulkpipe.cli.inputs import MAX_LINE_BYTES, read_items
 
+from .helpers import CREATED
 from .test_cli_subprocess import BULKPIPE, ENV
 
 
@@ -36,7 +37,7 @@ def one_error_line(result: Result | subprocess.CompletedProcess[str], *fragments
     """The command exited 2 with exactly one ``bulkpipe: error:`` line holding ``fragments``."""
     code = result.exit_code if isinstance(result, Result) else result.returncode
     assert code == 2, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if not CREATED.fullmatch(line)]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("bulkpipe: error: ")
     for fragment in fragments:

@@ -28,6 +28,8 @@ from bulkpipe import JobStatus
 from bulkpipe.demo import generate_nodes
 from bulkpipe.stores import open_store
 
+from .helpers import CREATED
+
 BULKPIPE = Path(sys.executable).with_name("bulkpipe")
 ENV = {key: value for key, value in os.environ.items() if key != "BULKPIPE_STORE"}
 
@@ -81,7 +83,7 @@ def assert_one_error_line(done: subprocess.CompletedProcess[str], fragment: str)
     """Exit 2 and exactly one ``bulkpipe: error:`` line on stderr, no traceback."""
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
-    lines = done.stderr.splitlines()
+    lines = [line for line in done.stderr.splitlines() if not CREATED.fullmatch(line)]
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("bulkpipe: error: ")
     assert fragment in lines[0]

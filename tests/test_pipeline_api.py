@@ -119,9 +119,11 @@ class CallLog(MemoryStore):
 
 
 async def test_submit_stores_a_fast_source_several_batches_per_call() -> None:
+    # An async source that never waits (a sync one is read in a thread, and so waits on
+    # every chunk: its batches are grouped only while a store call is in flight).
     read = [0]
 
-    def generate() -> Iterator[dict[str, Any]]:
+    async def generate() -> AsyncIterator[dict[str, Any]]:
         for item in make_items(3_000):
             read[0] += 1
             yield item

@@ -28,6 +28,7 @@ EXPECTED = {
     "ItemSourceError",
     "ItemStatus",
     "Job",
+    "JobClosed",
     "JobEvents",
     "JobNotCancellable",
     "JobNotFinished",

@@ -893,7 +893,9 @@ async def test_max_failure_ratio_fails_the_job_fast_and_stops_starting_items() -
         job = await p.submit(
             "p",
             make_items(300),
-            options=quick(batch_size=10, concurrency=1, max_failure_ratio=0.1),
+            options=quick(
+                batch_size=10, concurrency=1, max_failure_ratio=0.1, failure_ratio_min_outcomes=10
+            ),
         )
         job = await p.wait(job.id, timeout=PATIENCE)
         calls = tracker.calls

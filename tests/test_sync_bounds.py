@@ -173,7 +173,7 @@ async def test_a_stopped_lane_gives_its_gate_place_back_only_when_its_thread_ret
 
     processors = {"stuck": stuck, "quick": quick_one}
     async with Pipeline(processors=processors, default_options=QUICK, max_in_flight=1) as p:
-        gate = p.workers[0].gate
+        gate = p.local_workers[0].gate
         assert gate is not None
         try:
             stuck_job = await p.submit("stuck", make_items(1), options=quick())
@@ -213,10 +213,10 @@ async def test_a_job_ends_while_a_timed_out_sync_call_still_runs(in_flight: int 
                 3,
             )
             assert live.now == 1  # the hung call still runs
-            gate = p.workers[0].gate
+            gate = p.local_workers[0].gate
             assert gate is None or gate.in_use == 1  # and keeps its place at the gate (of 2)
         finally:
             release.set()
-        gate = p.workers[0].gate
+        gate = p.local_workers[0].gate
         if gate is not None:
             await eventually(lambda: gate.in_use == 0, "the place given back")

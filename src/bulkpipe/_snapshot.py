@@ -145,11 +145,11 @@ def build_job(
     processed = succeeded + failed
     if status is JobStatus.COMPLETED:
         progress = 100.0
-    elif not sealed or not total:
-        # The total is not known until every item is in; a share of a growing total could
-        # go backwards, so progress stays 0 until then (the counts still move).
+    elif not total:
         progress = 0.0
     else:
+        # While the job is still being submitted (not sealed) this is the share of the items
+        # stored so far, so it may go back as more items arrive; `sealed` says which it is.
         progress = min(100.0, processed * 100.0 / total)
     result = None
     if status.is_terminal:

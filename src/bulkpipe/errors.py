@@ -122,6 +122,27 @@ class SubmitLeaseLost(BulkpipeError):
         )
 
 
+class JobClosed(BulkpipeError):
+    """The job takes no more items: it has ended, or every item was submitted (it is sealed).
+
+    A store raises it from ``add_batches`` (and ``add_errors`` for an ended job) and stores
+    nothing; ``Pipeline.submit`` takes it as the signal to stop reading the job's items.
+    """
+
+    def __init__(self, job_id: str, status: str, *, sealed: bool = False) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.sealed = sealed
+        why = (
+            f"is sealed (all its items were submitted; it is {status})"
+            if sealed
+            else f"is already {status}"
+        )
+        super().__init__(
+            f"job {job_id!r} {why}; no more items can be added to it: submit a new job for them"
+        )
+
+
 class PermanentError(BulkpipeError):
     """Raised by a processor to fail an item at once, without retries."""
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import islice
+from types import AsyncGeneratorType, GeneratorType
 from typing import Any
+
+import anyio
 
 from .error_types import ErrorType
 from .models import ProcessingError
@@ -192,20 +196,75 @@ def duplicate_errors(
     ]
 
 
-async def chunked(
-    source: Iterable[Any] | AsyncIterable[Any], size: int
-) -> AsyncIterator[list[Any]]:
-    """Lists of up to ``size`` items from a sync or async iterable, without reading ahead."""
-    if isinstance(source, AsyncIterable):
-        chunk: list[Any] = []
-        async for item in source:
-            chunk.append(item)
-            if len(chunk) >= size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-        return
-    iterator = iter(source)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
+class ChunkReader:
+    """Reads a sync or async iterable of items a chunk (a list of up to ``size``) at a time,
+    without reading ahead, and closes it.
+
+    Lists and tuples are read directly. Any other sync iterable (a file, stdin, a generator)
+    is read in a worker thread, one chunk per thread call, through a limiter of its own (so
+    it does not take the default thread pool), so that a source that blocks never blocks the
+    event loop. A read cancelled while its thread runs leaves that thread to finish the chunk.
+    """
+
+    def __init__(self, source: Iterable[Any] | AsyncIterable[Any], size: int) -> None:
+        self.size = size
+        self._async: AsyncIterator[Any] | None = None
+        self._sync: Iterator[Any] = iter(())
+        self._direct = isinstance(source, (list, tuple))
+        if isinstance(source, AsyncIterable):
+            self._async = aiter(source)
+        else:
+            self._sync = iter(source)
+        self._limiter = anyio.CapacityLimiter(1)
+        self._lock = threading.Lock()
+        self._reading = False  # a thread is reading a chunk (it closes the source if asked)
+        self._closed = False
+
+    async def read(self) -> list[Any]:
+        """The next chunk; [] once the source has no more items."""
+        if self._async is not None:
+            chunk: list[Any] = []
+            while len(chunk) < self.size:
+                try:
+                    chunk.append(await anext(self._async))
+                except StopAsyncIteration:
+                    break
+            return chunk
+        if self._direct:
+            return list(islice(self._sync, self.size))
+        return await anyio.to_thread.run_sync(
+            self._read_in_thread, limiter=self._limiter, abandon_on_cancel=True
+        )
+
+    def _read_in_thread(self) -> list[Any]:
+        with self._lock:
+            if self._closed:
+                return []
+            self._reading = True
+        try:
+            return list(islice(self._sync, self.size))
+        finally:
+            with self._lock:
+                self._reading = False
+                close = self._closed
+            if close:  # closed while this thread read: close the source now
+                self._close_sync()
+
+    async def aclose(self) -> None:
+        """Close the source if it is a generator: ``aclose()`` an async one (shielded), and
+        ``close()`` a sync one once no thread is reading it (else that thread closes it when
+        its chunk is read). Other iterables are left as they are."""
+        if self._async is not None:
+            if isinstance(self._async, AsyncGeneratorType):
+                with anyio.CancelScope(shield=True):
+                    await self._async.aclose()
+            return
+        with self._lock:
+            self._closed = True
+            if self._reading:
+                return
+        self._close_sync()
+
+    def _close_sync(self) -> None:
+        if isinstance(self._sync, GeneratorType):
+            self._sync.close()

@@ -92,10 +92,20 @@ def abandoned_message(progress: Progress) -> str:
     )
 
 
-def failure_ratio_exceeded(progress: Progress, ratio: float | None) -> str | None:
+def failure_ratio_exceeded(
+    progress: Progress, ratio: float | None, min_outcomes: int = 1
+) -> str | None:
     """Why the job must fail (a FailureRatioExceeded message), if its failed share has reached
-    ``ratio``; None if it has not."""
-    if ratio is None or not progress.total or progress.failed < ratio * progress.total:
+    ``ratio``; None if it has not.
+
+    The share is failed items over the items stored so far (``total``). It is judged only
+    once ``min_outcomes`` items have an outcome, or once the job is sealed and every item has
+    one (a small job), so that one early failure cannot end a large job."""
+    processed = progress.succeeded + progress.failed
+    judged = processed >= min_outcomes or (progress.sealed and processed >= progress.total)
+    if ratio is None or not progress.total or not judged:
+        return None
+    if progress.failed < ratio * progress.total:
         return None
     return (
         f"{progress.failed} of {progress.total} items failed, reaching "

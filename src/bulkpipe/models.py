@@ -74,7 +74,12 @@ class Job(BaseModel):
     id: str
     type: str = Field(description="The processor name.")
     status: JobStatus
-    progress: float = Field(ge=0, le=100, description="Percent of items with a final outcome.")
+    progress: float = Field(
+        ge=0,
+        le=100,
+        description="Percent of items with a final outcome (while not `sealed`: of the items "
+        "stored so far).",
+    )
     total_items: int = Field(description="Items accepted so far; final once `sealed`.")
     processed_items: int
     succeeded_items: int
@@ -91,7 +96,11 @@ class Job(BaseModel):
     owner: str | None = Field(default=None, description="An owner or tenant tag set at submit.")
     source: str | None = None
     params: dict[str, Any] | None = None
-    sealed: bool = Field(default=False, description="True once every item has been submitted.")
+    sealed: bool = Field(
+        default=False,
+        description="True once every item has been submitted; False while the job is still "
+        "being submitted (it may already run).",
+    )
     idempotency_key: str | None = Field(
         default=None, description="The key a repeated submit of this job is known by."
     )

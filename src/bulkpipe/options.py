@@ -75,7 +75,16 @@ class JobOptions(BaseModel):
         default=None,
         gt=0,
         le=1,
-        description="Fail the job once this share of its items has failed.",
+        description="Fail the job once this share of its items has failed: failed items "
+        "over the items stored so far, judged once failure_ratio_min_outcomes items have an "
+        "outcome, or once a sealed job has all its outcomes.",
+    )
+    failure_ratio_min_outcomes: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000_000,
+        description="Outcomes a job needs before max_failure_ratio is judged (unless every "
+        "item of the sealed job has one), so that an early failure cannot end a large job.",
     )
     max_claims: int = Field(
         default=5,

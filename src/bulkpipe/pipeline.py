@@ -20,8 +20,6 @@ from .errors import (
     ItemSourceError,
     JobNotCancellable,
     PipelineClosed,
-    SubmitLeaseLost,
-    UnknownSource,
     WaitTimeout,
 )
 from .gate import PriorityGate
@@ -32,7 +30,7 @@ from .models import ItemOutcome, ItemStatus, Job, JobStatus, WorkerInfo
 from .options import PRIORITY_MAX, PRIORITY_MIN, JobOptions, check_priority
 from .processors import ProcessorRegistry
 from .store import JobStore, Page
-from .submission import ItemWriter
+from .submission import ItemWriter, item_stream
 from .submit_lease import SubmitLeases, check_submit_lease, close_unread, lease_lost
 from .unserved import check_served
 from .worker import Worker
@@ -200,13 +198,17 @@ class Pipeline:
         owner: str | None = None,
         idempotency_key: str | None = None,
         allow_unserved: bool = False,
+        on_created: Callable[[Job], object] | None = None,
     ) -> Job:
         """Create a job over ``items`` (or a registered ``source`` called with ``params``).
 
-        Items are streamed into the store a batch at a time and may start running before the
-        last one is read. Items that are not valid (not a mapping, no id, a repeated id, not
-        JSON) are refused and listed in the job's errors; the rest runs. Returns the job as
-        stored once every item is in.
+        The job exists (``on_created(job)`` is called) before any item is read. Items are
+        streamed into the store a batch at a time (a sync iterable is read in a thread) and
+        may start running before the last one is read. Items that are not valid (not a
+        mapping, no id, a repeated id, not JSON) are refused and listed in the job's errors;
+        the rest runs. Returns the job as stored once every item is in, or as soon as the job
+        ended while being submitted (cancelled, or failed by ``max_failure_ratio``): reading
+        then stops within a batch and the source is closed.
 
         With an ``idempotency_key`` (a non-empty string of at most 200 characters), a submit
         whose key this ``owner`` has used already returns that job as it is now and stores
@@ -219,6 +221,7 @@ class Pipeline:
         job, _ = await self.submit_or_find(
             processor, items, source=source, params=params, options=options, priority=priority,
             owner=owner, idempotency_key=idempotency_key, allow_unserved=allow_unserved,
+            on_created=on_created,
         )  # fmt: skip
         return job
 
@@ -234,6 +237,7 @@ class Pipeline:
         owner: str | None = None,
         idempotency_key: str | None = None,
         allow_unserved: bool = False,
+        on_created: Callable[[Job], object] | None = None,
     ) -> tuple[Job, bool]:
         """:meth:`submit`, and whether it created the job (False: ``idempotency_key`` found
         the job an earlier submit created, and nothing was stored)."""
@@ -247,21 +251,7 @@ class Pipeline:
             raise InvalidArgument("pass either items or source=..., not both and not neither")
         if params is not None and source is None:
             raise InvalidArgument("params are for a source; pass source=... with them")
-        stream: Iterable[Any] | AsyncIterable[Any]
-        if source is not None:
-            factory = self._sources.get(source)
-            if factory is None:
-                raise UnknownSource(source, sorted(self._sources))
-            stream = factory(dict(params or {}))
-        else:
-            assert items is not None
-            if isinstance(items, (str, bytes, Mapping)) or not isinstance(
-                items, (Iterable, AsyncIterable)
-            ):
-                raise InvalidArgument(
-                    f"items must be an iterable of mappings, not {type(items).__name__}"
-                )
-            stream = items
+        stream = item_stream(items, source, params, self._sources)
         if owner is not None and not isinstance(owner, str):
             raise InvalidArgument(f"owner must be a string, not {type(owner).__name__}")
         await check_served(processor, self._registry, self.store, allow_unserved=allow_unserved)
@@ -273,6 +263,8 @@ class Pipeline:
         if stored.id != job.id:
             await close_unread(stream)
             return stored, False
+        if on_created is not None:
+            on_created(stored)
         await self._fill(job.id, stream, opts)
         return await self.store.get_job(job.id), True
 
@@ -283,8 +275,11 @@ class Pipeline:
         self, job_id: str, stream: Iterable[Any] | AsyncIterable[Any], options: JobOptions
     ) -> None:
         writer = ItemWriter(self.store, job_id, options, on_added=self._wake_workers)
+        unsubscribe = self.events.subscribe(
+            lambda ended, _: writer.stop() if ended == job_id else None
+        )
         try:
-            with self._leases.held(job_id) as lease:  # (cancelled if the job ends meanwhile)
+            with self._leases.held(job_id, writer.stop):  # stops the writer if the job ends
                 await writer.write(stream)
         except Exception as exc:
             if (lost := await lease_lost(self.store, job_id, writer.position)) is not None:
@@ -306,8 +301,12 @@ class Pipeline:
                     ErrorType.SUBMIT_CANCELLED,
                 )
             raise
-        if lease.ended is not None and lease.ended.abandoned:
-            raise SubmitLeaseLost(job_id, lease.ended.total, writer.position)
+        finally:
+            unsubscribe()
+        if writer.stopped:  # the job ended meanwhile, or a worker sealed it as abandoned
+            if (lost := await lease_lost(self.store, job_id, writer.position)) is not None:
+                raise lost
+            return
         await self._seal(job_id)
 
     def _wake_workers(self, job_id: str) -> None:

@@ -510,7 +510,10 @@ class JobRunner:
         if progress.status.is_terminal:
             self.stop(ended=True)
             return True
-        why = failure_ratio_exceeded(progress, self.options.max_failure_ratio)
+        options = self.options
+        why = failure_ratio_exceeded(
+            progress, options.max_failure_ratio, options.failure_ratio_min_outcomes
+        )
         if why is not None:
             return await self._fail_job(why, datetime.now(UTC))
         return True

@@ -61,9 +61,9 @@ class SubmitLeases:
 
     A submit holds its lease while it writes (:meth:`held`). When a renewal answers that the
     job has ended or is sealed (a worker found the lease expired and sealed it as abandoned),
-    ``on_ended`` is called (the writer's ``stop``) and the writing is cancelled; the
-    :class:`HeldLease` then says what was learned. A renewal that fails on a store error is
-    retried at the next round, with a WARNING."""
+    ``on_ended`` is called (the writer's ``stop``, which ends the writing), else the block is
+    cancelled; the :class:`HeldLease` then says what was learned. A renewal that fails on a
+    store error is retried at the next round, with a WARNING."""
 
     def __init__(self, store: JobStore, lease_seconds: float) -> None:
         self.store = store
@@ -120,8 +120,9 @@ class SubmitLeases:
         if (progress.status.is_terminal or progress.sealed) and lease.ended is None:
             lease.ended = progress
             if lease.on_ended is not None:
-                lease.on_ended()
-            lease.scope.cancel()
+                lease.on_ended()  # the writer stops itself, closing its source
+            else:
+                lease.scope.cancel()
 
 
 async def lease_lost(store: JobStore, job_id: str, read: int) -> SubmitLeaseLost | None:

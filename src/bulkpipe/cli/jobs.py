@@ -55,7 +55,7 @@ async def follow(
 def launch(
     ctx: click.Context,
     url: str,
-    start: Callable[[Pipeline], Awaitable[Job]],
+    start: Callable[[Pipeline, Callable[[Job], None]], Awaitable[Job]],
     *,
     wait: bool,
     workers: int,
@@ -64,8 +64,16 @@ def launch(
     submit_lease: float = 30.0,
 ) -> None:
     """Create a job with ``start`` and print its id (or JSON); with ``wait``, run ``workers``
-    in-process workers, follow the job to its end and exit 0 (completed) or 1."""
+    in-process workers, follow the job to its end and exit 0 (completed) or 1. ``start`` calls
+    the function it is given with the job as soon as it exists: ``job <id> created`` is
+    printed on stderr then, while its items may still be read."""
     started: list[str] = []
+    created: list[str] = []
+
+    def on_created(job: Job) -> None:
+        created.append(job.id)
+        click.echo(f"job {job.id} created", err=True)
+
     if not wait and url.lower().startswith("memory:"):
         click.echo(
             "bulkpipe: warning: a memory:// store lasts only for this command, so no worker "
@@ -77,7 +85,7 @@ def launch(
         async with connect(
             url, workers=workers if wait else 0, sources=sources, submit_lease=submit_lease
         ) as pipeline:
-            job = await start(pipeline)
+            job = await start(pipeline, on_created)
             started.append(job.id)
             if not as_json:
                 click.echo(job.id)
@@ -88,6 +96,11 @@ def launch(
     try:
         job = run(go)
     except Interrupted:
+        if created and not started:
+            raise CliInterrupted(
+                f"interrupted while submitting; job {created[0]} was marked failed "
+                f"(SubmitCancelled) with the items stored so far ('bulkpipe status {created[0]}')"
+            ) from None
         if not started:
             raise CliInterrupted(
                 "interrupted while submitting; a partly submitted job may be left behind "
@@ -278,7 +291,7 @@ def retry(
     --allow-unserved.
     """
 
-    async def start(pipeline: Pipeline) -> Job:
+    async def start(pipeline: Pipeline, _created: Callable[[Job], None]) -> Job:
         return await pipeline.retry_failed(
             job_id, include_unfinished=include_unfinished, allow_unserved=allow_unserved
         )

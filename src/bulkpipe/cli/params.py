@@ -28,6 +28,7 @@ JOB_FLAGS: Final[dict[str, type]] = {
     "item_timeout": float,
     "progress_interval": float,
     "max_failure_ratio": float,
+    "failure_ratio_min_outcomes": int,
     "max_claims": int,
     "id_key": str,
 }

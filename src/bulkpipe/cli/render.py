@@ -155,14 +155,22 @@ def status_text(status: JobStatus) -> Text:
     return Text(status.value, style=_STYLES[status])
 
 
+def submitting(job: Job) -> str | None:
+    """``submitting, N items stored`` while the job's items are still being submitted."""
+    if job.sealed or job.status.is_terminal:
+        return None
+    return f"submitting, {job.total_items:,} items stored"
+
+
 def summary_line(job: Job) -> str:
     """One line about ``job``: its counts, and duration and rate once it has ended."""
     head = f"job {job.id} {job.status.value}"
     summary = job.result
     if summary is None:
+        fed = submitting(job)
         return (
-            f"{head}: {job.processed_items:,}/{job.total_items:,} items ({job.progress:.1f}%), "
-            f"{job.failed_items:,} failed"
+            f"{head}: {fed + ', ' if fed else ''}{job.processed_items:,}/{job.total_items:,} "
+            f"items ({job.progress:.1f}%), {job.failed_items:,} failed"
         )
     text = (
         f"{head}: {summary.total:,} items, {summary.succeeded:,} succeeded, "
@@ -187,6 +195,10 @@ def job_table(job: Job) -> Table:
         ("processor", job.type),
         ("status", status_text(job.status)),
         ("progress", f"{job.progress:.1f}% ({job.processed_items:,}/{job.total_items:,} items)"),
+        (
+            "items",
+            submitting(job) or f"{job.total_items:,}" + ("" if job.sealed else " (cut short)"),
+        ),
         ("succeeded", f"{job.succeeded_items:,}"),
         ("failed", f"{job.failed_items:,}"),
         ("rejected", f"{job.rejected_items:,}"),
@@ -235,7 +247,7 @@ def jobs_table(jobs: Sequence[Job]) -> Table:
             Text(job.type),
             status_text(job.status),
             f"{job.progress:.1f}%",
-            f"{job.total_items:,}",
+            submitting(job) or f"{job.total_items:,}",
             f"{job.failed_items:,}",
             Text(job.owner or "-"),
             _when(job.created_at),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -107,7 +108,9 @@ def submit(
 ) -> None:
     """Submit a job over the items of a file or a source.
 
-    The job runs PROCESSOR over the items of FILE (- for stdin); its id is printed. FILE is JSON
+    The job runs PROCESSOR over the items of FILE (- for stdin). As soon as the job exists,
+    "job ID created" is printed on stderr (watch or cancel it from another shell while its
+    items are still read); its id is printed on stdout once every item is in. FILE is JSON
     Lines (one JSON object per line) or CSV (a header line, then one item per
     row; cells that are JSON numbers become numbers, the id column stays text). Each item
     needs a unique id under --id-key. Or take the items from --source NAME with --param
@@ -131,7 +134,7 @@ def submit(
     sources = {source: load_source(source)} if source is not None else None
     items = read_items(file, fmt, id_key=options.id_key) if file is not None else None
 
-    async def start(pipeline: Pipeline) -> Job:
+    async def start(pipeline: Pipeline, created: Callable[[Job], None]) -> Job:
         return await pipeline.submit(
             processor,
             items,
@@ -142,6 +145,7 @@ def submit(
             owner=owner,
             idempotency_key=idempotency_key,
             allow_unserved=allow_unserved,
+            on_created=created,
         )
 
     try:

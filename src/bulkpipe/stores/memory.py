@@ -25,6 +25,7 @@ from ..store import (
     Progress,
     RenewResult,
 )
+from ._closed import refuse_closed
 from ._finish import check_finish_status, may_finish
 from ._memory_housekeeping import MemoryHousekeeping
 from ._workers import MemoryWorkerRegistry, Registered
@@ -182,10 +183,7 @@ class MemoryStore(MemoryHousekeeping[_Job], MemoryWorkerRegistry):
 
     async def add_batches(self, job_id: str, batches: Sequence[Sequence[EncodedItem]]) -> list[str]:
         job = self._job(job_id)
-        if job.sealed:
-            raise StoreError(f"job {job_id!r} is sealed; no more items can be added")
-        if job.status.is_terminal:
-            return []  # nothing is written for a terminal job (its ids are gone, too)
+        refuse_closed(job_id, job.status.value, job.sealed)
         ids = job.ids
         duplicates: list[str] = []
         for items in batches:
@@ -208,6 +206,7 @@ class MemoryStore(MemoryHousekeeping[_Job], MemoryWorkerRegistry):
         self, job_id: str, errors: Sequence[ProcessingError], rejected: int
     ) -> None:
         job = self._job(job_id)
+        refuse_closed(job_id, job.status.value, job.sealed, items=False)
         room = MAX_ERRORS - len(job.errors)
         job.errors.extend(errors[: max(0, room)])
         job.error_count += len(errors)

@@ -28,6 +28,7 @@ from .._snapshot import MAX_ERRORS, job_spec
 from ..errors import BulkpipeError, InvalidArgument, JobNotFound, StoreError
 from ..models import Job, JobStatus, ProcessingError
 from ..store import BatchReport, ClaimedBatch, EncodedItem, Lease, Progress, RenewResult
+from ._closed import refuse_closed
 from ._encoding import error_from_json, error_json, progress_of
 from ._postgres_errors import RETRY_FOR, describe_dsn, hint
 from ._postgres_params import lease_params, lost_batches, record_params, refused, split_reports
@@ -311,15 +312,12 @@ class PostgresStore(SQLHousekeeping[Conn, Pool]):
         self._check_open_job(conn, {"id": job_id, "prev": None})
         return []
 
-    def _check_open_job(self, conn: Conn, params: dict[str, Any]) -> bool:
-        """Raise unless items may be added; False if the job has ended (nothing is added)."""
-        job_id = params["id"]
-        state = self._job_state(conn, job_id)
-        if state.sealed:
-            raise StoreError(f"job {job_id!r} is sealed; no more items can be added")
+    def _check_open_job(self, conn: Conn, params: dict[str, Any], items: bool = True) -> None:
+        """Raise unless items (else errors) may be added: JobClosed, or lost writes."""
+        state = self._job_state(conn, params["id"])
+        refuse_closed(params["id"], state.status, state.sealed, items=items)
         if params["prev"] is not None and state.last_request != params["prev"]:
-            raise self._lost_writes(job_id)
-        return state.status not in _TERMINAL
+            raise self._lost_writes(params["id"])
 
     def _lost_writes(self, job_id: str) -> StoreError:
         self._last_write.pop(job_id, None)
@@ -346,8 +344,7 @@ class PostgresStore(SQLHousekeeping[Conn, Pool]):
                 return refused(ids, {item_id for (item_id,) in stored}), written
         row = conn.execute(self._q["add_batches"], params, binary=True).fetchone()
         if row is None:
-            if not self._check_open_job(conn, params):
-                return [], None  # the job has ended: nothing is stored
+            self._check_open_job(conn, params)  # JobClosed if it has ended or is sealed
             return list(ids), None  # every id is already in the job
         count, stored_ids, written = row
         if count == len(ids):
@@ -377,7 +374,7 @@ class PostgresStore(SQLHousekeeping[Conn, Pool]):
             if state is not None and state.last_request == params["request"]:
                 return  # the first attempt committed
         if conn.execute(self._q["add_errors"], params).fetchone() is None:
-            self._job_state(conn, params["id"])  # JobNotFound if there is no such job
+            self._check_open_job(conn, params, items=False)  # JobNotFound, JobClosed
             raise self._lost_writes(params["id"])
 
     async def seal_job(self, job_id: str) -> Progress:

@@ -19,6 +19,7 @@ from .._snapshot import MAX_ERRORS, job_spec
 from ..errors import InvalidArgument, JobNotFound, StoreError
 from ..models import Job, JobStatus, ProcessingError
 from ..store import BatchReport, ClaimedBatch, EncodedItem, Lease, Progress, RenewResult
+from ._closed import refuse_closed
 from ._finish import may_finish
 from ._rows import BatchLease, Counts, FailedItem, JobKey, JobRow, LeasedRow, OutcomeRecord, SpecRow
 from ._sqlbase import ClaimRequest, FinishRequest, OutcomePageRequest, progress_of
@@ -228,10 +229,9 @@ class SQLiteStore(SQLHousekeeping[Conn, Conn]):
         duplicates: list[str] = []
         with self._transaction(conn):
             state = self._job_state(conn, job_id)
-            if state.sealed:
-                raise StoreError(f"job {job_id!r} is sealed; no more items can be added")
-            if state.status not in _ACTIVE or not any(batches):
-                return []  # nothing is written for a terminal job
+            refuse_closed(job_id, state.status, state.sealed)
+            if not any(batches):
+                return []
             job = state.seq
             batch_no, total = state.next_batch, 0
             last = _scalar(conn, q["last_item"])
@@ -288,7 +288,9 @@ class SQLiteStore(SQLHousekeeping[Conn, Conn]):
         rejected: int,
     ) -> None:
         with self._transaction(conn):
-            job = self._job_state(conn, job_id).seq
+            state = self._job_state(conn, job_id)
+            refuse_closed(job_id, state.status, state.sealed, items=False)
+            job = state.seq
             self._keep_errors(conn, job, errors)
             conn.execute(
                 self._q["count_errors"], {"job": job, "errors": len(errors), "rejected": rejected}

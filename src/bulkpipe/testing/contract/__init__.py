@@ -8,6 +8,7 @@ passes the contract when a ``Test*`` subclass of :class:`StoreContract` passes.
 from __future__ import annotations
 
 from .claims import ClaimsContract
+from .closed import ClosedJobsContract
 from .housekeeping import HousekeepingContract
 from .jobs import JobsContract
 from .outcomes import OutcomesContract
@@ -28,6 +29,7 @@ class StoreContract(
     HousekeepingContract,
     SubmitsContract,
     WorkersContract,
+    ClosedJobsContract,
 ):
     """Example tests of every :class:`JobStore` semantic; subclass it to test a store.
 

@@ -187,20 +187,6 @@ class JobsContract(ContractBase):
         assert (await store.get_job(job.id)).sealed
 
     @pytest.mark.anyio
-    async def test_add_batch_after_seal_raises_store_error(self, store: JobStore) -> None:
-        job = await add_job(store, encoded(2), seal=True)
-        with pytest.raises(StoreError):
-            await store.add_batch(job.id, encoded(2, 2))
-        assert (await store.get_job(job.id)).total_items == 2
-
-    @pytest.mark.anyio
-    async def test_add_batch_on_terminal_job_stores_nothing(self, store: JobStore) -> None:
-        job = await add_job(store, encoded(2))
-        before, _ = await store.finish_job(job.id, JobStatus.CANCELLED)
-        assert await store.add_batch(job.id, encoded(3)) == []
-        assert await store.get_job(job.id) == before
-
-    @pytest.mark.anyio
     async def test_add_batches_numbers_on_across_calls_and_add_batch(self, store: JobStore) -> None:
         job = await add_job(store, encoded(2))
         assert await store.add_batches(job.id, [encoded(2, 2), encoded(1, 4)]) == []
@@ -255,20 +241,6 @@ class JobsContract(ContractBase):
         await store.add_batches(job.id, [encoded(1, 2)])
         await claim(store, job.id)
         assert (await claim(store, job.id)).lease.batch_no == 1
-
-    @pytest.mark.anyio
-    async def test_add_batches_after_seal_raises_store_error(self, store: JobStore) -> None:
-        job = await add_job(store, encoded(2), seal=True)
-        with pytest.raises(StoreError):
-            await store.add_batches(job.id, [encoded(1, 2), encoded(1, 3)])
-        assert (await store.get_job(job.id)).total_items == 2
-
-    @pytest.mark.anyio
-    async def test_add_batches_on_terminal_job_stores_nothing(self, store: JobStore) -> None:
-        job = await add_job(store, encoded(2))
-        before, _ = await store.finish_job(job.id, JobStatus.CANCELLED)
-        assert await store.add_batches(job.id, [encoded(3), encoded(2, 3)]) == []
-        assert await store.get_job(job.id) == before
 
     @pytest.mark.anyio
     async def test_add_errors_keeps_the_first_errors_and_counts_all(self, store: JobStore) -> None:

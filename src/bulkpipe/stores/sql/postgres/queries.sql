@@ -112,7 +112,8 @@ SET errors = j.errors || (
     error_count = j.error_count + %(count)s,
     rejected = j.rejected + %(rejected)s,
     last_request = %(request)s
-WHERE j.id = %(id)s AND (%(prev)s::text IS NULL OR j.last_request = %(prev)s::text)
+WHERE j.id = %(id)s AND j.status IN ('pending', 'processing')
+  AND (%(prev)s::text IS NULL OR j.last_request = %(prev)s::text)
 RETURNING j.seq
 
 -- name: seal_job --

@@ -48,6 +48,7 @@ class MemoryHousekeeping(Generic[J]):
 
     _jobs: dict[str, J]
     _locks: dict[str, tuple[str, float]]  # name -> (holder, monotonic expiry)
+    _keys: dict[tuple[str | None, str], str]  # (owner, idempotency key) -> job id
 
     def _job(self, job_id: str) -> J:
         try:
@@ -62,6 +63,9 @@ class MemoryHousekeeping(Generic[J]):
         if not self._job(job_id).status.is_terminal:
             return False
         del self._jobs[job_id]
+        # As in the SQL stores, the job's idempotency key goes with it and may be used again.
+        for key in [key for key, owner_job in self._keys.items() if owner_job == job_id]:
+            del self._keys[key]
         return True
 
     async def ended_jobs(

@@ -61,6 +61,16 @@ class SubmitsContract(ContractBase):
         assert len(await store.list_jobs()) == 4
 
     @pytest.mark.anyio
+    async def test_a_deleted_jobs_key_may_be_used_again(self, store: JobStore) -> None:
+        first = make_job(idempotency_key="k", owner="team-a")
+        await store.create_job(first)
+        await store.finish_job(first.id, JobStatus.CANCELLED)
+        assert await store.delete_job(first.id)
+        again = make_job(idempotency_key="k", owner="team-a")
+        assert (await store.create_job(again)).id == again.id
+        assert [j.id for j in await store.list_jobs()] == [again.id]
+
+    @pytest.mark.anyio
     async def test_concurrent_creates_with_one_key_make_one_job(self, store: JobStore) -> None:
         got: list[Job] = []
 

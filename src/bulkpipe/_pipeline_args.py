@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
 from ._snapshot import OPTIONS_UNREADABLE
@@ -52,20 +51,6 @@ def unreadable(job: Job) -> bool:
         and e.error.startswith(OPTIONS_UNREADABLE)
         for e in job.errors
     )
-
-
-class Started:
-    """A task status that passes on only the first ``started()`` (a worker served again
-    after a failure starts again)."""
-
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self.inner = inner
-        self.done = False
-
-    def started(self, value: None = None) -> None:
-        if not self.done:
-            self.done = True
-            self.inner.started(value)
 
 
 def parse_status(kind: type[E], status: E | str, what: str) -> E:
